@@ -1,0 +1,174 @@
+"""keras_ddpm command line: train, sample and inspect denoising diffusion models.
+
+    python cli.py train --dataset mnist_5k --preset mnist --out runs/mnist
+    python cli.py sample --model runs/mnist/model.keras --save-path samples.png
+    python cli.py info --preset ddpm_cifar10
+"""
+
+import functools
+import json
+import os
+import sys
+
+import click
+
+SAMPLERS = ("ddim", "ddpm")
+
+
+def user_errors(command):
+    """Turns the errors a user can cause into one sentence and exit status 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as error:
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise click.ClickException(message) from None
+
+    return wrapper
+
+
+def load_model_file(path):
+    from keras_ddpm import load_model
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"No model file at {path}; train one with `python cli.py train --out DIR` and pass DIR/model.keras."
+        )
+    try:
+        return load_model(path)
+    except Exception as error:  # a corrupt or foreign file: Keras raises many kinds
+        raise ValueError(f"Could not load {path} as a keras_ddpm model ({type(error).__name__}: {error}).") from None
+
+
+@click.group()
+def cli():
+    """Denoising diffusion models (DDPM, DDIM) in Keras 3 on TensorFlow, PyTorch and JAX."""
+
+
+@cli.command()
+@click.option("--dataset", default="mnist_5k", show_default=True, help="Dataset name ('name' or 'name:split').")
+@click.option("--preset", default="mnist", show_default=True, help="Model preset (see `info`).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps [default: the preset's].")
+@click.option("--batch-size", "--batch_size", "batch_size", type=click.IntRange(min=1), default=None, help="[default: the preset's]")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Peak learning rate [default: the preset's].")
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=None, help="Linear warm-up steps [default: the preset's].")
+@click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=None, help="[default: the preset's]")
+@click.option("--prediction", type=click.Choice(["epsilon", "x0", "v"]), default=None, help="Network target [default: epsilon].")
+@click.option("--schedule", type=click.Choice(["linear", "cosine"]), default=None, help="Noise schedule [default: linear].")
+@click.option("--class-cond/--no-class-cond", default=False, show_default=True, help="Condition on the dataset's labels (with label dropout for classifier-free guidance).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out_dir", default="runs/default", show_default=True, help="Run directory; the model is written to OUT/model.keras.")
+@click.option("--verbose", type=click.IntRange(0, 2), default=1, show_default=True, help="Keras progress output.")
+@user_errors
+def train(dataset, preset, steps, batch_size, lr, warmup_steps, ema_decay, prediction, schedule, class_cond, seed, out_dir, verbose):
+    """Train a model with `model.fit` and save it to OUT/model.keras."""
+    import keras
+
+    from keras_ddpm import DiffusionModel
+    from keras_ddpm import data
+    from keras_ddpm import get_preset
+
+    overrides = {
+        "batch_size": batch_size,
+        "learning_rate": lr,
+        "warmup_steps": warmup_steps,
+        "ema_decay": ema_decay,
+        "prediction": prediction,
+        "schedule": schedule,
+        "train_steps": steps,
+    }
+    if class_cond:
+        classes = data.num_classes(dataset)
+        if not classes:
+            raise ValueError(f"Dataset {dataset!r} has no labels, so --class-cond cannot be used.")
+        overrides["num_classes"] = classes
+    config = get_preset(preset).replace(**{k: v for k, v in overrides.items() if v is not None})
+    keras.utils.set_random_seed(seed)
+    unet, train_config = config.unet, config.train
+    dataset_batches = data.make_dataset(
+        dataset,
+        unet.image_size,
+        unet.image_channels,
+        train_config.batch_size,
+        with_labels=class_cond,
+        horizontal_flip=train_config.horizontal_flip,
+        seed=seed,
+    )
+    model = DiffusionModel(config, seed=seed)
+    model.compile()
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump({"dataset": dataset, "seed": seed, "backend": keras.backend.backend(), "config": config.to_dict()}, f, indent=2)
+    click.echo(f"training {config.name} ({model.network.count_params():,} parameters) on {dataset} for {train_config.train_steps} steps")
+    history = model.fit(dataset_batches, epochs=1, steps_per_epoch=train_config.train_steps, shuffle=False, verbose=verbose)
+    path = os.path.join(out_dir, "model.keras")
+    model.save(path)
+    click.echo(f"final loss {history.history['loss'][-1]:.4f}; model saved to {path}")
+
+
+@cli.command()
+@click.option("--model", "--model_params", "model_path", required=True, help="A .keras file written by `train`.")
+@click.option("--mode", type=click.Choice(["normal"]), default="normal", show_default=True)
+@click.option("--sampler", type=click.Choice(SAMPLERS), default="ddim", show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="Denoising steps.")
+@click.option("--eta", type=click.FloatRange(min=0), default=0.0, show_default=True, help="DDIM eta (0: deterministic).")
+@click.option("--skip", type=click.Choice(["uniform", "quadratic"]), default="uniform", show_default=True, help="DDIM timestep skip.")
+@click.option("--variance", type=click.Choice(["fixed_small", "fixed_large"]), default="fixed_small", show_default=True, help="DDPM variance.")
+@click.option("--batch-size", "--batch_size", "batch_size", type=click.IntRange(1, 1024), default=16, show_default=True, help="Number of images.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--class-label", "--class_label", "class_label", type=int, default=None, help="Digit/class to draw (class-conditional models).")
+@click.option("--guidance", type=float, default=0.0, show_default=True, help="Classifier-free guidance weight w.")
+@click.option("--padding", type=click.IntRange(min=0), default=2, show_default=True, help="Pixels between grid tiles.")
+@click.option("--img-size", "--img_size", "img_size", type=int, default=None, help="Checked against the model's image size.")
+@click.option("--save-path", "--save_path", "save_path", default="samples.png", show_default=True)
+@user_errors
+def sample(model_path, mode, sampler, steps, eta, skip, variance, batch_size, seed, class_label, guidance, padding, img_size, save_path):
+    """Sample images from a trained model and save them as a grid."""
+    from keras_ddpm.images import make_grid
+    from keras_ddpm.images import save_image
+
+    model = load_model_file(model_path)
+    if img_size is not None and img_size != model.config.unet.image_size:
+        raise ValueError(f"--img-size {img_size} does not match the model's image size {model.config.unet.image_size}.")
+    if steps > model.schedule.timesteps:
+        raise ValueError(f"--steps {steps} exceeds the model's {model.schedule.timesteps} training timesteps.")
+    images = model.generate(
+        batch_size,
+        sampler=sampler,
+        steps=steps,
+        eta=eta,
+        seed=seed,
+        class_labels=class_label,
+        guidance=guidance,
+        skip=skip,
+        variance=variance,
+    )
+    save_image(make_grid(images, padding=padding), save_path)
+    click.echo(f"wrote {len(images)} samples to {save_path}")
+
+
+@cli.command()
+@click.option("--preset", default=None, help="A preset name.")
+@click.option("--model", "--model_params", "model_path", default=None, help="A .keras file.")
+@user_errors
+def info(preset, model_path):
+    """Print a preset's or a saved model's configuration and parameter count."""
+    if (preset is None) == (model_path is None):
+        raise ValueError("Pass exactly one of --preset NAME or --model PATH.")
+    if model_path:
+        model = load_model_file(model_path)
+        config, parameters = model.config, model.network.count_params()
+    else:
+        from keras_ddpm import build_unet
+        from keras_ddpm import get_preset
+
+        config = get_preset(preset)
+        parameters = build_unet(config.unet).count_params()
+    click.echo(json.dumps(config.to_dict(), indent=2))
+    click.echo(f"parameters: {parameters}")
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

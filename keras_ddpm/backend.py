@@ -1,0 +1,117 @@
+"""The one place where the Keras backend matters.
+
+Everything else is `keras.ops`. Here: the training step (gradients are taken
+differently by each framework; the loss itself is `DiffusionModel.compute_diffusion_loss`,
+shared by all three) and compilation of inference functions.
+"""
+
+import keras
+
+
+def backend_name():
+    return keras.backend.backend()
+
+
+def _unpack(data):
+    images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+    return images, labels
+
+
+def train_step(model, *args):
+    """Dispatches to the training step of the active backend."""
+    name = backend_name()
+    if name == "jax":
+        return _jax_train_step(model, *args)
+    if name == "tensorflow":
+        return _tensorflow_train_step(model, *args)
+    if name == "torch":
+        return _torch_train_step(model, *args)
+    raise NotImplementedError(f"keras_ddpm supports the tensorflow, torch and jax backends, not {name!r}.")
+
+
+def _tensorflow_train_step(model, data):
+    import tensorflow as tf
+
+    images, labels = _unpack(data)
+    with tf.GradientTape() as tape:
+        loss = model.compute_diffusion_loss(images, labels, training=True)
+        scaled_loss = model.optimizer.scale_loss(loss)
+    gradients = tape.gradient(scaled_loss, model.trainable_variables)
+    model.optimizer.apply(gradients, model.trainable_variables)
+    model.update_ema()
+    model.loss_tracker.update_state(loss)
+    return {"loss": model.loss_tracker.result()}
+
+
+def _torch_train_step(model, data):
+    import torch
+
+    images, labels = _unpack(data)
+    model.zero_grad()
+    loss = model.compute_diffusion_loss(images, labels, training=True)
+    model.optimizer.scale_loss(loss).backward()
+    variables = model.trainable_variables
+    gradients = [v.value.grad for v in variables]
+    with torch.no_grad():
+        model.optimizer.apply(gradients, variables)
+        model.update_ema()
+    model.loss_tracker.update_state(loss.detach())
+    return {"loss": model.loss_tracker.result()}
+
+
+def _jax_train_step(model, state, data):
+    import jax
+
+    trainable, non_trainable, optimizer_variables, metrics_variables = state
+    images, labels = _unpack(data)
+
+    def loss_fn(trainable, non_trainable):
+        mapping = list(zip(model.trainable_variables, trainable))
+        mapping += list(zip(model.non_trainable_variables, non_trainable))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            loss = model.compute_diffusion_loss(images, labels, training=True)
+            scaled_loss = model.optimizer.scale_loss(loss)
+        # Seed generators (ours and dropout's) advanced inside the scope.
+        updated = [scope.get_current_value(v) for v in model.non_trainable_variables]
+        return scaled_loss, (loss, updated)
+
+    (_, (loss, non_trainable)), gradients = jax.value_and_grad(loss_fn, has_aux=True)(trainable, non_trainable)
+    trainable, optimizer_variables = model.optimizer.stateless_apply(optimizer_variables, gradients, trainable)
+    non_trainable = list(non_trainable)
+    for ema_index, weight_index in model.ema_variable_pairs():
+        non_trainable[ema_index] = model.ema_update_value(non_trainable[ema_index], trainable[weight_index])
+    metrics_variables = model.loss_tracker.stateless_update_state(metrics_variables, loss)
+    logs = {"loss": model.loss_tracker.stateless_result(metrics_variables)}
+    return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
+
+
+def compile_inference(fn, variables, jit_compile=False):
+    """Compiles `fn(*tensors)`, which reads (never writes) `variables`, for repeated calls.
+
+    JAX: `jax.jit` with the variables' values passed in as arguments (not baked in as
+    constants, so new weights need no recompilation). TensorFlow: `tf.function`
+    (XLA when `jit_compile`). PyTorch: eager under `torch.no_grad()`.
+    """
+    name = backend_name()
+    if name == "jax":
+        import jax
+
+        def pure(values, *args):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return fn(*args)
+
+        compiled = jax.jit(pure)
+        return lambda *args: compiled([v.value for v in variables], *args)
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, jit_compile=jit_compile, reduce_retracing=True)
+    if name == "torch":
+        import torch
+
+        def no_grad(*args):
+            with torch.no_grad():
+                return fn(*args)
+
+        return no_grad
+    raise NotImplementedError(f"keras_ddpm supports the tensorflow, torch and jax backends, not {name!r}.")

@@ -1,0 +1,222 @@
+"""Frozen configuration dataclasses and the named presets.
+
+Config flows one way: CLI options -> these dataclasses -> constructors. Each
+paper preset reproduces the architecture and training hyper-parameters of its
+paper (see the docstrings of the presets below and ../shared/REFERENCE.md).
+"""
+
+import dataclasses
+from dataclasses import dataclass
+
+SCHEDULES = ("linear", "cosine")
+PREDICTIONS = ("epsilon", "x0", "v")
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of the DDPM UNet (Ho et al. 2020, appendix B)."""
+
+    image_size: int = 32
+    image_channels: int = 3
+    base_channels: int = 128
+    channel_multipliers: tuple = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple = (16,)
+    dropout: float = 0.1
+    num_groups: int = 32
+    num_classes: int = 0  # 0: unconditional; K: labels 0..K-1 plus a null label K
+
+    def __post_init__(self):
+        object.__setattr__(self, "channel_multipliers", tuple(self.channel_multipliers))
+        object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
+        if self.image_channels not in (1, 3):
+            raise ValueError(f"image_channels must be 1 or 3. Received: image_channels={self.image_channels}")
+        if not self.channel_multipliers:
+            raise ValueError("channel_multipliers must name at least one level.")
+        downsampling = 2 ** (len(self.channel_multipliers) - 1)
+        if self.image_size < downsampling or self.image_size % downsampling:
+            raise ValueError(
+                f"image_size must be divisible by 2**(levels - 1) = {downsampling}. "
+                f"Received: image_size={self.image_size}"
+            )
+        for mult in self.channel_multipliers:
+            channels = self.base_channels * mult
+            if channels % self.num_groups:
+                raise ValueError(
+                    f"Every level's channels must be divisible by num_groups. "
+                    f"Received: num_groups={self.num_groups}, channels={channels}"
+                )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1). Received: dropout={self.dropout}")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0. Received: num_classes={self.num_classes}")
+
+    @property
+    def resolutions(self):
+        """The feature-map size at each level, e.g. (32, 16, 8, 4)."""
+        return tuple(self.image_size // 2**i for i in range(len(self.channel_multipliers)))
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The forward process and the training objective."""
+
+    timesteps: int = 1000
+    schedule: str = "linear"  # DDPM: linear betas 1e-4 .. 0.02
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    prediction: str = "epsilon"  # the network's target: epsilon, x0 or v
+    class_dropout: float = 0.1  # label dropped to the null class (classifier-free guidance)
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}. Received: schedule={self.schedule!r}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(
+                f"prediction must be one of {PREDICTIONS}. Received: prediction={self.prediction!r}"
+            )
+        if self.timesteps < 2:
+            raise ValueError(f"timesteps must be at least 2. Received: timesteps={self.timesteps}")
+        if not 0.0 <= self.class_dropout < 1.0:
+            raise ValueError(f"class_dropout must be in [0, 1). Received: class_dropout={self.class_dropout}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation hyper-parameters (the paper's, for the paper presets)."""
+
+    learning_rate: float = 2e-4
+    warmup_steps: int = 5000
+    batch_size: int = 128
+    ema_decay: float = 0.9999
+    grad_clip: float = 1.0  # global-norm clipping; 0 disables
+    train_steps: int = 800_000
+    horizontal_flip: bool = True
+
+    def __post_init__(self):
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1). Received: ema_decay={self.ema_decay}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive. Received: learning_rate={self.learning_rate}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be positive. Received: batch_size={self.batch_size}")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    unet: UNetConfig
+    diffusion: DiffusionConfig
+    train: TrainConfig
+
+    def replace(self, **overrides):
+        """Returns a copy with fields of any of the three parts overridden by name."""
+        parts = {"unet": {}, "diffusion": {}, "train": {}}
+        for key, value in overrides.items():
+            for part in parts:
+                if key in {f.name for f in dataclasses.fields(getattr(self, part))}:
+                    parts[part][key] = value
+                    break
+            else:
+                raise ValueError(f"Unknown configuration field. Received: {key}={value!r}")
+        return dataclasses.replace(
+            self, **{part: dataclasses.replace(getattr(self, part), **kw) for part, kw in parts.items()}
+        )
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+PRESETS = {
+    preset.name: preset
+    for preset in (
+        Preset(
+            name="tiny",
+            description="A few-second-per-step model for tests (16x16, grayscale).",
+            unet=UNetConfig(
+                image_size=16,
+                image_channels=1,
+                base_channels=16,
+                channel_multipliers=(1, 2),
+                num_res_blocks=1,
+                attention_resolutions=(8,),
+                dropout=0.0,
+                num_groups=4,
+            ),
+            diffusion=DiffusionConfig(timesteps=100, beta_start=1e-3, beta_end=0.2),
+            train=TrainConfig(
+                learning_rate=1e-3,
+                warmup_steps=0,
+                batch_size=16,
+                ema_decay=0.9,
+                grad_clip=1.0,
+                train_steps=100,
+                horizontal_flip=False,
+            ),
+        ),
+        Preset(
+            name="mnist",
+            description="A small model for 28x28 digits padded to 32x32, trainable on a CPU.",
+            unet=UNetConfig(
+                image_size=32,
+                image_channels=1,
+                base_channels=32,
+                channel_multipliers=(1, 2, 2),
+                num_res_blocks=2,
+                attention_resolutions=(8,),
+                dropout=0.1,
+                num_groups=8,
+            ),
+            diffusion=DiffusionConfig(),
+            train=TrainConfig(
+                learning_rate=5e-4,
+                warmup_steps=500,
+                batch_size=64,
+                ema_decay=0.999,
+                grad_clip=1.0,
+                train_steps=20_000,
+                horizontal_flip=False,
+            ),
+        ),
+        Preset(
+            name="ddpm_cifar10",
+            description="DDPM's CIFAR-10 32x32 model (Ho et al. 2020): 35.7M parameters.",
+            unet=UNetConfig(),
+            diffusion=DiffusionConfig(),
+            train=TrainConfig(),
+        ),
+        Preset(
+            name="ddim_celeba64",
+            description="DDIM's CelebA 64x64 model (Song et al. 2020).",
+            unet=UNetConfig(image_size=64, channel_multipliers=(1, 2, 2, 2, 4)),
+            diffusion=DiffusionConfig(),
+            train=TrainConfig(),
+        ),
+        Preset(
+            name="ddpm_256",
+            description="DDPM's 256x256 model for CelebA-HQ and LSUN (Ho et al. 2020): 114M parameters.",
+            unet=UNetConfig(image_size=256, channel_multipliers=(1, 1, 2, 2, 4, 4), dropout=0.0),
+            diffusion=DiffusionConfig(),
+            train=TrainConfig(learning_rate=2e-5, batch_size=64),
+        ),
+    )
+}
+
+
+def get_preset(name):
+    """Returns the named `Preset` (see `PRESETS`)."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; choose one of: {', '.join(PRESETS)}.")
+    return PRESETS[name]
+
+
+def preset_from_dict(config):
+    """Inverse of `Preset.to_dict`."""
+    return Preset(
+        name=config["name"],
+        description=config.get("description", ""),
+        unet=UNetConfig(**config["unet"]),
+        diffusion=DiffusionConfig(**config["diffusion"]),
+        train=TrainConfig(**config["train"]),
+    )

@@ -1,0 +1,181 @@
+"""The blocks of the DDPM UNet (Ho et al. 2020, appendix B; the authors' `diffusion_tf/models/unet.py`).
+
+Initialisation follows the paper's code: Glorot-uniform (variance scaling 1, fan_avg, uniform)
+everywhere except the last convolution of each residual branch and the attention output
+projection, which start at zero so that every block starts as the identity.
+"""
+
+import math
+
+import keras
+from keras import layers, ops
+
+GROUP_NORM_EPSILON = 1e-6  # tf.contrib.layers.group_norm's default, as in the paper's code
+
+
+@keras.saving.register_keras_serializable(package="keras_ddpm")
+class SinusoidalEmbedding(layers.Layer):
+    """Transformer sinusoidal position embedding of integer timesteps, (N,) -> (N, dim).
+
+    The first half of the features are sines, the second half cosines, with
+    frequencies 10000^(-i / (dim/2 - 1)) as in DDPM's `get_timestep_embedding`.
+    """
+
+    def __init__(self, dim, **kwargs):
+        super().__init__(**kwargs)
+        if dim < 4 or dim % 2:
+            raise ValueError(f"dim must be even and at least 4. Received: dim={dim}")
+        self.dim = dim
+
+    def call(self, timesteps):
+        half = self.dim // 2
+        exponent = -math.log(10000.0) / (half - 1)
+        frequencies = ops.exp(ops.arange(half, dtype="float32") * exponent)
+        angles = ops.cast(timesteps, "float32")[:, None] * frequencies[None, :]
+        return ops.concatenate([ops.sin(angles), ops.cos(angles)], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.dim)
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim}
+
+
+@keras.saving.register_keras_serializable(package="keras_ddpm")
+class ResidualBlock(layers.Layer):
+    """Wide-ResNet block with the timestep embedding added after the first convolution.
+
+    h = conv(swish(GN(x))); h += dense(swish(temb)); h = conv(dropout(swish(GN(h))));
+    returns shortcut(x) + h, with a 1x1 shortcut ("nin") when the channel count changes.
+    """
+
+    def __init__(self, channels, num_groups=32, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+        self.num_groups = num_groups
+        self.dropout = dropout
+        self.norm1 = layers.GroupNormalization(num_groups, epsilon=GROUP_NORM_EPSILON, name="norm1")
+        self.conv1 = layers.Conv2D(channels, 3, padding="same", name="conv1")
+        self.temb_proj = layers.Dense(channels, name="temb_proj")
+        self.norm2 = layers.GroupNormalization(num_groups, epsilon=GROUP_NORM_EPSILON, name="norm2")
+        self.drop = layers.Dropout(dropout, name="dropout")
+        self.conv2 = layers.Conv2D(channels, 3, padding="same", kernel_initializer="zeros", name="conv2")
+        self.shortcut = None
+
+    def build(self, input_shape):
+        x_shape, temb_shape = input_shape
+        self.norm1.build(x_shape)
+        self.conv1.build(x_shape)
+        h_shape = (*x_shape[:-1], self.channels)
+        self.temb_proj.build(temb_shape)
+        self.norm2.build(h_shape)
+        self.conv2.build(h_shape)
+        if x_shape[-1] != self.channels:
+            self.shortcut = layers.Dense(self.channels, name="nin_shortcut")
+            self.shortcut.build(x_shape)
+
+    def call(self, inputs, training=None):
+        x, temb = inputs
+        h = self.conv1(ops.silu(self.norm1(x)))
+        h = h + self.temb_proj(ops.silu(temb))[:, None, None, :]
+        h = self.conv2(self.drop(ops.silu(self.norm2(h)), training=training))
+        if self.shortcut is not None:
+            x = self.shortcut(x)
+        return x + h
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[0][:-1], self.channels)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "channels": self.channels,
+            "num_groups": self.num_groups,
+            "dropout": self.dropout,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_ddpm")
+class AttentionBlock(layers.Layer):
+    """Single-head self-attention over all positions, with a residual connection.
+
+    q, k, v are 1x1 projections of GN(x); softmax(q k^T / sqrt(C)) v is projected back
+    (zero-initialised) and added to x.
+    """
+
+    def __init__(self, num_groups=32, **kwargs):
+        super().__init__(**kwargs)
+        self.num_groups = num_groups
+        self.norm = layers.GroupNormalization(num_groups, epsilon=GROUP_NORM_EPSILON, name="norm")
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.norm.build(input_shape)
+        self.q = layers.Dense(channels, name="q")
+        self.k = layers.Dense(channels, name="k")
+        self.v = layers.Dense(channels, name="v")
+        self.proj_out = layers.Dense(channels, kernel_initializer="zeros", name="proj_out")
+        for dense in (self.q, self.k, self.v, self.proj_out):
+            dense.build(input_shape)
+
+    def call(self, x):
+        shape = ops.shape(x)
+        height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+        h = self.norm(x)
+        # (N, H*W, heads=1, C): the layout keras.ops.dot_product_attention expects.
+        q, k, v = (ops.reshape(dense(h), (-1, height * width, 1, channels)) for dense in (self.q, self.k, self.v))
+        h = ops.dot_product_attention(q, k, v)  # scaled by 1/sqrt(C)
+        h = ops.reshape(h, shape)
+        return x + self.proj_out(h)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "num_groups": self.num_groups}
+
+
+@keras.saving.register_keras_serializable(package="keras_ddpm")
+class Downsample(layers.Layer):
+    """3x3 convolution with stride 2."""
+
+    def __init__(self, channels, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+        self.conv = layers.Conv2D(channels, 3, strides=2, padding="same", name="conv")
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+
+    def call(self, x):
+        return self.conv(x)
+
+    def compute_output_shape(self, input_shape):
+        return self.conv.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels}
+
+
+@keras.saving.register_keras_serializable(package="keras_ddpm")
+class Upsample(layers.Layer):
+    """Nearest-neighbour 2x upsampling followed by a 3x3 convolution."""
+
+    def __init__(self, channels, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+        self.upsample = layers.UpSampling2D(2, interpolation="nearest", name="upsample")
+        self.conv = layers.Conv2D(channels, 3, padding="same", name="conv")
+
+    def build(self, input_shape):
+        self.upsample.build(input_shape)
+        self.conv.build((input_shape[0], input_shape[1] * 2, input_shape[2] * 2, input_shape[3]))
+
+    def call(self, x):
+        return self.conv(self.upsample(x))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[1] * 2, input_shape[2] * 2, self.channels)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels}
