@@ -48,7 +48,12 @@ def cli():
 
 
 @cli.command()
-@click.option("--dataset", default="mnist_5k", show_default=True, help="Dataset name ('name' or 'name:split').")
+@click.option("--dataset", default="mnist_5k", show_default=True, help="mnist_5k, a tfds image dataset ('celeb_a', 'cifar10:train'...) or a folder of images.")
+@click.option("--data-dir", "--data_dir", "data_dir", default=None, help="tfds data directory [default: ~/tensorflow_datasets].")
+@click.option("--image-size", "--img-size", "image_size", type=click.IntRange(min=1), default=None, help="Training image size [default: the preset's].")
+@click.option("--crop", type=click.Choice(["auto", "center", "celeba", "none"]), default="auto", show_default=True, help="auto: DDIM's CelebA crop for celeb_a, the centred square otherwise.")
+@click.option("--flip/--no-flip", default=None, help="Random horizontal flips [default: the preset's; off for digits].")
+@click.option("--cache", default="auto", show_default=True, help="Cache decoded images: auto (in memory up to 2 GiB), memory, none, or a folder for cache files.")
 @click.option("--preset", default="mnist", show_default=True, help="Model preset (see `info`).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps [default: the preset's].")
 @click.option("--batch-size", "--batch_size", "batch_size", type=click.IntRange(min=1), default=None, help="[default: the preset's]")
@@ -62,7 +67,7 @@ def cli():
 @click.option("--out", "out_dir", default="runs/default", show_default=True, help="Run directory; the model is written to OUT/model.keras.")
 @click.option("--verbose", type=click.IntRange(0, 2), default=1, show_default=True, help="Keras progress output.")
 @user_errors
-def train(dataset, preset, steps, batch_size, lr, warmup_steps, ema_decay, prediction, schedule, class_cond, seed, out_dir, verbose):
+def train(dataset, data_dir, image_size, crop, flip, cache, preset, steps, batch_size, lr, warmup_steps, ema_decay, prediction, schedule, class_cond, seed, out_dir, verbose):
     """Train a model with `model.fit` and save it to OUT/model.keras."""
     import keras
 
@@ -78,9 +83,10 @@ def train(dataset, preset, steps, batch_size, lr, warmup_steps, ema_decay, predi
         "prediction": prediction,
         "schedule": schedule,
         "train_steps": steps,
+        "image_size": image_size,
     }
     if class_cond:
-        classes = data.num_classes(dataset)
+        classes = data.num_classes(dataset, data_dir=data_dir)
         if not classes:
             raise ValueError(f"Dataset {dataset!r} has no labels, so --class-cond cannot be used.")
         overrides["num_classes"] = classes
@@ -93,8 +99,11 @@ def train(dataset, preset, steps, batch_size, lr, warmup_steps, ema_decay, predi
         unet.image_channels,
         train_config.batch_size,
         with_labels=class_cond,
-        horizontal_flip=train_config.horizontal_flip,
+        horizontal_flip=flip if flip is not None else train_config.horizontal_flip and data.default_horizontal_flip(dataset),
         seed=seed,
+        data_dir=data_dir,
+        crop=crop,
+        cache=None if cache == "none" else cache,
     )
     model = DiffusionModel(config, seed=seed)
     model.compile()

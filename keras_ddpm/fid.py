@@ -1,0 +1,472 @@
+"""FID and KID on InceptionV3 pool features, with cached reference statistics.
+
+Notation (Heusel et al. 2017, "GANs trained by a two time-scale update rule", eq. 6):
+    FID = ||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2))
+on the 2048-d average-pool features of InceptionV3 at 299x299. KID (Binkowski et al. 2018,
+"Demystifying MMD GANs", eq. 4) is the unbiased MMD^2 estimate with the polynomial kernel
+k(x, y) = (x.y / d + 1)^3, averaged over random subsets.
+
+Preprocessing follows clean-fid (Parmar et al. 2022): uint8 images are resized to 299x299 by
+PIL's bicubic filter on float32 channels (antialiased when shrinking, identical on every
+backend), grayscale is repeated to RGB, then Inception's scaling to [-1, 1].
+
+These FIDs use Keras' ImageNet InceptionV3 weights, not the 2015 TensorFlow Inception graph
+of the published numbers: they compare with each other, not with the papers.
+"""
+
+import hashlib
+import json
+import os
+
+import keras
+import numpy as np
+from PIL import Image
+
+INCEPTION_WEIGHTS_URL = (
+    "https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/"
+    "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
+)
+INCEPTION_INPUT_SIZE = 299
+FEATURES_VERSION = 1  # bump when preprocessing changes; it is part of every cache key
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+NOTE = "Keras ImageNet InceptionV3 weights: comparable between runs, not equal to the papers' TF-Inception FIDs"
+
+
+# Features.
+
+
+def resize_images(images, size):
+    """uint8 (N, H, W, C) -> float32 (N, size, size, C) in [0, 255], clean-fid's resize.
+
+    Each channel is resized as a float32 PIL image with the bicubic filter, whose support
+    widens when shrinking (antialiasing), then clipped to [0, 255].
+    """
+    images = np.asarray(images)
+    if images.shape[1:3] == (size, size):
+        return images.astype(np.float32)
+    out = np.empty((len(images), size, size, images.shape[-1]), np.float32)
+    for i, image in enumerate(images):
+        for c in range(images.shape[-1]):
+            channel = Image.fromarray(image[..., c].astype(np.float32), mode="F")
+            out[i, ..., c] = np.asarray(channel.resize((size, size), resample=Image.BICUBIC))
+    return np.clip(out, 0, 255)
+
+
+class FeatureExtractor:
+    """Maps uint8 images (N, H, W, 1 or 3) to float32 features (N, D) with a Keras model.
+
+    Args:
+        model: a Keras model from (batch, input_size, input_size, 3) in [-1, 1] to (batch, D).
+        name: identifies the weights in cache keys; None disables caching (random weights).
+        input_size: the side images are resized to.
+        batch_size: images per forward pass; the last batch is padded so the compiled
+            function sees one shape.
+    """
+
+    def __init__(self, model, name, input_size=INCEPTION_INPUT_SIZE, batch_size=50):
+        self.model = model
+        self.name = name
+        self.input_size = input_size
+        self.batch_size = batch_size
+
+    def preprocess(self, images):
+        """uint8 (N, H, W, C) -> float32 (N, size, size, 3) in [-1, 1] (Inception's scaling)."""
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
+            raise ValueError(f"Expected uint8 images shaped (N, H, W, 1 or 3). Received: {images.dtype} {images.shape}")
+        x = resize_images(images, self.input_size)
+        if x.shape[-1] == 1:
+            x = np.repeat(x, 3, axis=-1)
+        return x / 127.5 - 1.0
+
+    def __call__(self, images):
+        features = []
+        for start in range(0, len(images), self.batch_size):
+            x = self.preprocess(images[start : start + self.batch_size])
+            count = len(x)
+            if count < self.batch_size:
+                x = np.concatenate([x, np.zeros((self.batch_size - count, *x.shape[1:]), x.dtype)])
+            features.append(keras.ops.convert_to_numpy(self.model.predict_on_batch(x))[:count])
+        return np.concatenate(features).astype(np.float32)
+
+
+def weights_name(weights):
+    """Cache-key name of a weights choice: 'imagenet', a file's content hash, or None (random)."""
+    if weights is None or weights == "imagenet":
+        return weights
+    digest = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return "file-" + digest.hexdigest()[:16]
+
+
+def inception_v3(weights="imagenet", batch_size=50):
+    """The FID feature extractor: Keras InceptionV3, no top, 2048-d global average pool.
+
+    `weights`: "imagenet" (Keras downloads and caches the file), the path of a local weights
+    file (the Keras notop .h5 or a `.weights.h5`), or None for random weights (tests).
+    """
+    if weights not in ("imagenet", None):
+        weights = os.fspath(weights)
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(
+                f"No Inception weights file at {weights}; download {INCEPTION_WEIGHTS_URL} and pass its path with --inception-weights."
+            )
+    try:
+        model = keras.applications.InceptionV3(
+            include_top=False, weights=weights, input_shape=(INCEPTION_INPUT_SIZE, INCEPTION_INPUT_SIZE, 3), pooling="avg"
+        )
+    except Exception as error:  # download and HDF5 errors come in many kinds
+        if weights == "imagenet":
+            raise ValueError(
+                f"Could not download Keras' InceptionV3 ImageNet weights ({type(error).__name__}); fetch "
+                f"{INCEPTION_WEIGHTS_URL} on a machine with internet and pass the file with --inception-weights PATH "
+                "(or put it in ~/.keras/models/)."
+            ) from None
+        raise ValueError(f"Could not load Inception weights from {weights} ({type(error).__name__}: {error}).") from None
+    return FeatureExtractor(model, weights_name(weights), INCEPTION_INPUT_SIZE, batch_size)
+
+
+# Statistics.
+
+
+class FeatureStatistics:
+    """Streaming mean and covariance of features, plus a bounded random subset for KID.
+
+    Sums are kept in float64 around a shift (the first batch's mean), so the covariance
+    does not lose precision to large means. At most `max_kid_features` rows are kept,
+    chosen uniformly at random (reservoir sampling) once more arrive.
+    """
+
+    def __init__(self, max_kid_features=10_000, seed=0):
+        self.max_kid_features = max_kid_features
+        self.rng = np.random.default_rng(seed)
+        self.num_images = 0
+        self.shift = self.sum = self.outer = None
+        self.kid_features = []
+        self.key = None  # set by `load`
+
+    def update(self, features):
+        features = np.asarray(features, dtype=np.float64)
+        if self.shift is None:
+            self.shift = features.mean(axis=0)
+            self.sum = np.zeros_like(self.shift)
+            self.outer = np.zeros((len(self.shift),) * 2)
+        centred = features - self.shift
+        self.sum += centred.sum(axis=0)
+        self.outer += centred.T @ centred
+        for row in features.astype(np.float32):  # reservoir sampling (Vitter's algorithm R)
+            if len(self.kid_features) < self.max_kid_features:
+                self.kid_features.append(row)
+            else:
+                slot = self.rng.integers(0, self.num_images + 1)
+                if slot < self.max_kid_features:
+                    self.kid_features[slot] = row
+            self.num_images += 1
+        return self
+
+    @property
+    def mean(self):
+        return self.shift + self.sum / self.num_images
+
+    @property
+    def covariance(self):
+        if self.num_images < 2:
+            raise ValueError(f"A covariance needs at least 2 images. Received: {self.num_images}")
+        centred_mean = self.sum / self.num_images
+        return (self.outer - self.num_images * np.outer(centred_mean, centred_mean)) / (self.num_images - 1)
+
+    @property
+    def features(self):
+        return np.stack(self.kid_features)
+
+    def save(self, path, key=None):
+        """Writes mean, covariance and KID features to `path` (.npz, no pickles), atomically."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        temporary = f"{path}.{os.getpid()}.tmp.npz"
+        np.savez(
+            temporary,
+            mean=self.mean,
+            covariance=self.covariance,
+            features=self.features,
+            num_images=np.int64(self.num_images),
+            key=np.str_(json.dumps(key or {}, sort_keys=True)),
+        )
+        os.replace(temporary, path)
+
+    @classmethod
+    def load(cls, path):
+        with np.load(path, allow_pickle=False) as f:
+            stats = cls(max_kid_features=len(f["features"]))
+            stats.num_images = int(f["num_images"])
+            stats.shift, stats.sum = f["mean"], np.zeros_like(f["mean"])
+            stats.outer = f["covariance"] * (stats.num_images - 1)
+            stats.kid_features = list(f["features"])
+            stats.key = json.loads(str(f["key"]))
+        return stats
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) in float64.
+
+    The matrix square root (scipy's Schur method) of a near-singular product can be
+    non-finite or slightly complex: then eps is added to both diagonals (pytorch-fid's
+    retry) and the real part taken; a clearly complex root falls back to the symmetric form
+    Tr((S1^(1/2) S2 S1^(1/2))^(1/2)), which has the same trace.
+    """
+    from scipy import linalg
+
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
+        raise ValueError(f"Statistics do not match. Received: means {mu1.shape}, {mu2.shape}; covariances {sigma1.shape}, {sigma2.shape}")
+    diff = mu1 - mu2
+    covmean = linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(len(mu1)) * eps
+        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if np.isfinite(covmean).all() and np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            covmean = covmean.real
+        else:
+            return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * _trace_sqrt_product(sigma1, sigma2))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def _trace_sqrt_product(sigma1, sigma2):
+    """Tr((S1 S2)^(1/2)) = sum sqrt(eig(S1^(1/2) S2 S1^(1/2))), for symmetric PSD S1, S2."""
+    values, vectors = np.linalg.eigh(sigma1)
+    root1 = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh(root1 @ sigma2 @ root1), 0, None)).sum())
+
+
+def frechet_distance_from_features(features1, features2):
+    """The same distance from the features themselves, exact when covariances are singular.
+
+    With A, B the centred features over sqrt(n - 1), S1 = A^T A and S2 = B^T B, the non-zero
+    eigenvalues of S1 S2 are the squared singular values of A B^T, so
+    Tr((S1 S2)^(1/2)) = ||A B^T||_* (nuclear norm): no d x d square root at all. Cheap and
+    exact when either set has fewer images than feature dimensions.
+    """
+    x, y = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
+    if x.ndim != 2 or x.shape[1:] != y.shape[1:] or min(len(x), len(y)) < 2:
+        raise ValueError(f"Expected two (N >= 2, D) feature arrays. Received: {x.shape} and {y.shape}")
+    diff = x.mean(axis=0) - y.mean(axis=0)
+    a = (x - x.mean(axis=0)) / np.sqrt(len(x) - 1)
+    b = (y - y.mean(axis=0)) / np.sqrt(len(y) - 1)
+    trace_sqrt = np.linalg.svd(a @ b.T, compute_uv=False).sum()
+    return float(diff @ diff + np.sum(a * a) + np.sum(b * b) - 2 * trace_sqrt)
+
+
+def kernel_inception_distance(features1, features2, num_subsets=100, subset_size=1000, degree=3, gamma=None, coef0=1.0, seed=0):
+    """KID: mean and standard deviation of the unbiased MMD^2 over random subsets.
+
+    Kernel k(x, y) = (gamma x.y + coef0)^degree, gamma = 1/d by default. Each subset draws
+    `subset_size` rows (without replacement) from each set; the size shrinks to the smaller
+    set when it has fewer rows.
+    """
+    x, y = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
+    m = min(subset_size, len(x), len(y))
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 images in each set. Received: {len(x)} and {len(y)}")
+    gamma = 1.0 / x.shape[1] if gamma is None else gamma
+    rng = np.random.default_rng(seed)
+    estimates = np.empty(num_subsets)
+    for i in range(num_subsets):
+        a = x[rng.choice(len(x), m, replace=False)]
+        b = y[rng.choice(len(y), m, replace=False)]
+        k_aa = (gamma * a @ a.T + coef0) ** degree
+        k_bb = (gamma * b @ b.T + coef0) ** degree
+        k_ab = (gamma * a @ b.T + coef0) ** degree
+        estimates[i] = (
+            (k_aa.sum() - np.trace(k_aa)) / (m * (m - 1))
+            + (k_bb.sum() - np.trace(k_bb)) / (m * (m - 1))
+            - 2 * k_ab.sum() / (m * m)
+        )
+    return float(estimates.mean()), float(estimates.std())
+
+
+def compare(generated, real, kid_subsets=100, kid_subset_size=1000):
+    """FID and KID between two `FeatureStatistics`, with both image counts."""
+    kid, kid_std = kernel_inception_distance(generated.features, real.features, kid_subsets, kid_subset_size)
+    complete = generated.num_images == len(generated.kid_features) and real.num_images == len(real.kid_features)
+    if complete and min(generated.num_images, real.num_images) <= generated.features.shape[1]:
+        fid = frechet_distance_from_features(generated.features, real.features)  # singular covariances
+    else:
+        fid = frechet_distance(generated.mean, generated.covariance, real.mean, real.covariance)
+    return {
+        "fid": fid,
+        "kid": kid,
+        "kid_std": kid_std,
+        "num_generated": generated.num_images,
+        "num_real": real.num_images,
+    }
+
+
+def compute_statistics(batches, extractor, num_images=None, progress=False, max_kid_features=10_000):
+    """Streams uint8 image batches through `extractor` into `FeatureStatistics`."""
+    stats = FeatureStatistics(max_kid_features)
+    bar = keras.utils.Progbar(num_images, unit_name="image") if progress else None
+    for images in batches:
+        if num_images is not None:
+            images = images[: num_images - stats.num_images]
+        if len(images):
+            stats.update(extractor(images))
+            if bar:
+                bar.update(stats.num_images)
+        if num_images is not None and stats.num_images >= num_images:
+            break
+    if stats.num_images < 2:
+        raise ValueError(f"FID needs at least 2 images. Received: {stats.num_images}")
+    return stats
+
+
+# Image sources: each yields uint8 batches (N, H, W, C) without holding them all.
+
+
+def dataset_batches(name, image_size, image_channels, batch_size):
+    """Batches of a dataset from `keras_ddpm.data.make_dataset`, in order, as uint8."""
+    import inspect
+
+    from keras_ddpm import data
+    from keras_ddpm.diffusion_model import to_uint8
+
+    options = {"with_labels": False, "shuffle": False, "repeat": False}
+    if "drop_remainder" in inspect.signature(data.make_dataset).parameters:
+        options["drop_remainder"] = False
+    for batch in data.make_dataset(name, image_size, image_channels, batch_size, **options):
+        yield to_uint8(keras.ops.convert_to_numpy(batch))
+
+
+def list_images(directory):
+    """Sorted paths of the image files under `directory` (recursively)."""
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"No image folder at {directory}.")
+    paths = sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(directory)
+        for name in names
+        if name.lower().endswith(IMAGE_EXTENSIONS)
+    )
+    if not paths:
+        raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) in {directory}.")
+    return paths
+
+
+def read_image(path, image_size=None, image_channels=None):
+    """One image file -> uint8 (H, W, C); resized (PIL bicubic, antialiased) and converted on request."""
+    try:
+        with Image.open(path) as image:
+            channels = image_channels or (1 if image.mode in ("1", "L", "I;16", "I", "F") else 3)
+            image = image.convert("L" if channels == 1 else "RGB")
+            if image_size and image.size != (image_size, image_size):
+                image = image.resize((image_size, image_size), resample=Image.BICUBIC)
+            array = np.asarray(image, dtype=np.uint8)
+    except OSError as error:
+        raise ValueError(f"Could not read {path} as an image ({error}).") from None
+    return array[..., None] if array.ndim == 2 else array
+
+
+def folder_batches(directory, batch_size, image_size=None, image_channels=None):
+    """Batches of a folder's images (sorted by path); size and channels default to the first image's."""
+    paths = list_images(directory)
+    if image_size is None or image_channels is None:
+        first = read_image(paths[0], image_size, image_channels)
+        if first.shape[0] != first.shape[1] and image_size is None:
+            raise ValueError(f"Images must be square. Received: {paths[0]} of shape {first.shape}")
+        image_size, image_channels = first.shape[0], first.shape[-1]
+    for start in range(0, len(paths), batch_size):
+        yield np.stack([read_image(p, image_size, image_channels) for p in paths[start : start + batch_size]])
+
+
+def model_batches(model, num_images, batch_size, save_dir=None, seed=0, class_labels=None, **generate_kwargs):
+    """Samples `num_images` from a `DiffusionModel` in batches (batch i uses seed + i).
+
+    Class-conditional models draw labels 0, 1, ..., K-1, 0, ... unless `class_labels` is set.
+    With `save_dir`, every image is also written there as a numbered PNG.
+    """
+    from keras_ddpm.images import save_image
+
+    for index, start in enumerate(range(0, num_images, batch_size)):
+        count = min(batch_size, num_images - start)
+        labels = class_labels
+        if labels is None and model.num_classes:
+            labels = np.arange(start, start + count) % model.num_classes
+        images = model.generate(count, seed=seed + index, class_labels=labels, **generate_kwargs)
+        if save_dir:
+            for offset, image in enumerate(images):
+                save_image(image, os.path.join(save_dir, f"{start + offset:06d}.png"))
+        yield images
+
+
+# Cached reference statistics.
+
+
+def folder_fingerprint(directory):
+    """Hash of a folder's image paths, sizes and modification times (changes invalidate caches)."""
+    digest = hashlib.sha256(os.path.abspath(directory).encode())
+    for path in list_images(directory):
+        info = os.stat(path)
+        digest.update(f"{os.path.relpath(path, directory)}:{info.st_size}:{info.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def default_cache_dir():
+    return os.environ.get("KERAS_DDPM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "keras_ddpm", "fid"))
+
+
+def reference_key(source, image_size, image_channels, num_images, extractor):
+    """What a cached reference depends on: data (name and split, or folder contents), size, count, weights."""
+    if os.path.isdir(source):
+        data = {"folder": os.path.abspath(source), "fingerprint": folder_fingerprint(source)}
+    else:
+        from keras_ddpm.data import parse_dataset_name
+
+        name, split = parse_dataset_name(source)
+        data = {"dataset": name, "split": split or "default"}
+    return {
+        **data,
+        "image_size": image_size,
+        "image_channels": image_channels,
+        "num_images": num_images or "all",
+        "weights": extractor.name,
+        "features_version": FEATURES_VERSION,
+    }
+
+
+def cache_path(key, cache_dir):
+    label = key.get("dataset", "folder") + "-" + key.get("split", os.path.basename(key.get("folder", "")))
+    label = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return os.path.join(
+        cache_dir, f"{label}-{key['image_size']}px{key['image_channels']}c-n{key['num_images']}-{digest}.npz"
+    )
+
+
+def real_batches(source, image_size, image_channels, batch_size):
+    """A dataset name ('name' or 'name:split') or an image folder, as uint8 batches."""
+    if os.path.isdir(source):
+        return folder_batches(source, batch_size, image_size, image_channels)
+    return dataset_batches(source, image_size, image_channels, batch_size)
+
+
+def reference_statistics(source, image_size, image_channels, num_images, extractor, batch_size=50, cache_dir=None, progress=False):
+    """Statistics of real images, loaded from `cache_dir` when computed before.
+
+    Returns `(stats, path)`: `path` is the cache file, or None when not cached (no
+    cache_dir, or an extractor with random weights).
+    """
+    key = reference_key(source, image_size, image_channels, num_images, extractor)
+    path = cache_path(key, cache_dir) if cache_dir and extractor.name else None
+    if path and os.path.isfile(path):
+        try:
+            stats = FeatureStatistics.load(path)
+            if stats.key == key:
+                return stats, path
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable or foreign: computed again and overwritten
+    stats = compute_statistics(real_batches(source, image_size, image_channels, batch_size), extractor, num_images, progress)
+    if path:
+        stats.save(path, key)
+    return stats, path
