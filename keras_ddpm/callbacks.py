@@ -3,6 +3,7 @@
 import csv
 import math
 import os
+import warnings
 
 import keras
 
@@ -34,6 +35,7 @@ class FIDCallback(keras.callbacks.Callback):
         sampler, steps, eta: passed to `model.generate`.
         batch_size: images per `generate` call and per Inception forward pass.
         seed: seed of the first sampling batch (batch i uses seed + i).
+        prefix: prepended to the logged names (`prefix + "fid"`...), to tell several apart.
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class FIDCallback(keras.callbacks.Callback):
         cache_dir=None,
         csv_path=None,
         log_dir=None,
+        prefix="",
         verbose=1,
     ):
         super().__init__()
@@ -61,8 +64,9 @@ class FIDCallback(keras.callbacks.Callback):
             raise ValueError(
                 f"Set exactly one of every_n_steps and every_n_epochs. Received: every_n_steps={every_n_steps}, every_n_epochs={every_n_epochs}"
             )
-        if (every_n_steps or every_n_epochs) < 1:
-            raise ValueError(f"The FID interval must be at least 1. Received: {every_n_steps or every_n_epochs}")
+        interval = every_n_steps if every_n_steps is not None else every_n_epochs
+        if interval < 1:
+            raise ValueError(f"The FID interval must be at least 1. Received: {interval}")
         if num_samples < 2:
             raise ValueError(f"FID needs at least 2 samples. Received: num_samples={num_samples}")
         self.reference = reference
@@ -81,6 +85,7 @@ class FIDCallback(keras.callbacks.Callback):
         self.cache_dir = cache_dir
         self.csv_path = csv_path
         self.log_dir = log_dir
+        self.prefix = prefix
         self.verbose = verbose
         self.evaluations = []
         self._global_step = 0
@@ -110,12 +115,12 @@ class FIDCallback(keras.callbacks.Callback):
         if self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0:
             self.evaluate(logs)
         if logs is not None:
-            logs.update({key: self._epoch_results[key] if self._epoch_results else math.nan for key in FID_KEYS})
+            logs.update({self.prefix + key: self._epoch_results[key] if self._epoch_results else math.nan for key in FID_KEYS})
 
     def on_train_end(self, logs=None):
-        if self._writer is not None:
+        if self._writer:
             self._writer.close()
-            self._writer = None
+        self._writer = None
 
     def evaluate(self, logs=None):
         """Samples, extracts features and compares them with the reference; returns the results."""
@@ -135,8 +140,8 @@ class FIDCallback(keras.callbacks.Callback):
         self._epoch_results = results
         self._write(results)
         if self.verbose:
-            keras.utils.io_utils.print_msg(
-                f"\nstep {results['step']}: FID {results['fid']:.3f} ({results['num_generated']} generated vs "
+            print(
+                f"\nstep {results['step']}: {self.prefix}FID {results['fid']:.3f} ({results['num_generated']} generated vs "
                 f"{results['num_real']} real images), KID {results['kid']:.5f} +- {results['kid_std']:.5f}"
             )
         return results
@@ -150,12 +155,18 @@ class FIDCallback(keras.callbacks.Callback):
                 if new:
                     writer.writeheader()
                 writer.writerow(results)
-        if self.log_dir:
+        if self.log_dir and self._writer is not False:
+            import importlib.util
+
             import tensorflow as tf  # tf.summary writes TensorBoard event files under any backend
 
+            if importlib.util.find_spec("tensorboard") is None:
+                warnings.warn(f"TensorBoard is not installed, so FID is not logged to {self.log_dir}; `pip install tensorboard`.")
+                self._writer = False
+                return
             if self._writer is None:
                 self._writer = tf.summary.create_file_writer(self.log_dir)
             with self._writer.as_default():
                 for key in FID_KEYS:
-                    tf.summary.scalar(key, results[key], step=results["step"])
+                    tf.summary.scalar(self.prefix + key, results[key], step=results["step"])
             self._writer.flush()

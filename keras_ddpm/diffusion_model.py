@@ -68,7 +68,7 @@ class DiffusionModel(keras.Model):
         super().compile(optimizer=optimizer or make_optimizer(self.config.train), **kwargs)
 
     def get_compile_config(self):
-        if self.optimizer is None:
+        if getattr(self, "optimizer", None) is None:  # not compiled
             return None
         return {"optimizer": keras.saving.serialize_keras_object(self.optimizer)}
 

@@ -120,9 +120,8 @@ def inception_v3(weights="imagenet", batch_size=50):
     except Exception as error:  # download and HDF5 errors come in many kinds
         if weights == "imagenet":
             raise ValueError(
-                f"Could not download Keras' InceptionV3 ImageNet weights ({type(error).__name__}); fetch "
-                f"{INCEPTION_WEIGHTS_URL} on a machine with internet and pass the file with --inception-weights PATH "
-                "(or put it in ~/.keras/models/)."
+                f"Could not download Keras' InceptionV3 ImageNet weights (offline?): fetch {INCEPTION_WEIGHTS_URL} "
+                "where there is internet and pass the file with --inception-weights PATH (or put it in ~/.keras/models/)."
             ) from None
         raise ValueError(f"Could not load Inception weights from {weights} ({type(error).__name__}: {error}).") from None
     return FeatureExtractor(model, weights_name(weights), INCEPTION_INPUT_SIZE, batch_size)
@@ -271,14 +270,22 @@ def kernel_inception_distance(features1, features2, num_subsets=100, subset_size
     if m < 2:
         raise ValueError(f"KID needs at least 2 images in each set. Received: {len(x)} and {len(y)}")
     gamma = 1.0 / x.shape[1] if gamma is None else gamma
+
+    def kernel(u, v):
+        base = gamma * (u @ v.T) + coef0
+        if degree != int(degree) or degree < 1:
+            return base**degree
+        out = base.copy()
+        for _ in range(int(degree) - 1):  # repeated products: several times faster than np.power
+            out *= base
+        return out
+
     rng = np.random.default_rng(seed)
     estimates = np.empty(num_subsets)
     for i in range(num_subsets):
         a = x[rng.choice(len(x), m, replace=False)]
         b = y[rng.choice(len(y), m, replace=False)]
-        k_aa = (gamma * a @ a.T + coef0) ** degree
-        k_bb = (gamma * b @ b.T + coef0) ** degree
-        k_ab = (gamma * a @ b.T + coef0) ** degree
+        k_aa, k_bb, k_ab = kernel(a, a), kernel(b, b), kernel(a, b)
         estimates[i] = (
             (k_aa.sum() - np.trace(k_aa)) / (m * (m - 1))
             + (k_bb.sum() - np.trace(k_bb)) / (m * (m - 1))
@@ -325,16 +332,20 @@ def compute_statistics(batches, extractor, num_images=None, progress=False, max_
 # Image sources: each yields uint8 batches (N, H, W, C) without holding them all.
 
 
-def dataset_batches(name, image_size, image_channels, batch_size):
-    """Batches of a dataset from `keras_ddpm.data.make_dataset`, in order, as uint8."""
+def dataset_batches(name, image_size, image_channels, batch_size, **data_options):
+    """Every image of a dataset or image folder, in order, via `keras_ddpm.data.make_dataset`, as uint8.
+
+    `data_options` (`data_dir`, `crop`...) go to `make_dataset`, so real images get the
+    training preprocessing (crop, resize to the model's size) before Inception's.
+    """
     import inspect
 
     from keras_ddpm import data
     from keras_ddpm.diffusion_model import to_uint8
 
-    options = {"with_labels": False, "shuffle": False, "repeat": False}
-    if "drop_remainder" in inspect.signature(data.make_dataset).parameters:
-        options["drop_remainder"] = False
+    accepted = inspect.signature(data.make_dataset).parameters
+    options = {"with_labels": False, "shuffle": False, "repeat": False, "drop_remainder": False, "prefetch_to_device": None}
+    options = {key: value for key, value in {**options, **data_options}.items() if key in accepted and value is not None}
     for batch in data.make_dataset(name, image_size, image_channels, batch_size, **options):
         yield to_uint8(keras.ops.convert_to_numpy(batch))
 
@@ -416,7 +427,7 @@ def default_cache_dir():
     return os.environ.get("KERAS_DDPM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "keras_ddpm", "fid"))
 
 
-def reference_key(source, image_size, image_channels, num_images, extractor):
+def reference_key(source, image_size, image_channels, num_images, extractor, crop="auto"):
     """What a cached reference depends on: data (name and split, or folder contents), size, count, weights."""
     if os.path.isdir(source):
         data = {"folder": os.path.abspath(source), "fingerprint": folder_fingerprint(source)}
@@ -427,6 +438,7 @@ def reference_key(source, image_size, image_channels, num_images, extractor):
         data = {"dataset": name, "split": split or "default"}
     return {
         **data,
+        "crop": crop,
         "image_size": image_size,
         "image_channels": image_channels,
         "num_images": num_images or "all",
@@ -444,20 +456,16 @@ def cache_path(key, cache_dir):
     )
 
 
-def real_batches(source, image_size, image_channels, batch_size):
-    """A dataset name ('name' or 'name:split') or an image folder, as uint8 batches."""
-    if os.path.isdir(source):
-        return folder_batches(source, batch_size, image_size, image_channels)
-    return dataset_batches(source, image_size, image_channels, batch_size)
-
-
-def reference_statistics(source, image_size, image_channels, num_images, extractor, batch_size=50, cache_dir=None, progress=False):
-    """Statistics of real images, loaded from `cache_dir` when computed before.
+def reference_statistics(
+    source, image_size, image_channels, num_images, extractor, batch_size=50, cache_dir=None, progress=False, crop="auto", data_dir=None
+):
+    """Statistics of real images (a dataset name or an image folder), cached in `cache_dir`.
 
     Returns `(stats, path)`: `path` is the cache file, or None when not cached (no
-    cache_dir, or an extractor with random weights).
+    cache_dir, or an extractor with random weights). The cache is an .npz read with
+    `allow_pickle=False` and used only when its stored key matches.
     """
-    key = reference_key(source, image_size, image_channels, num_images, extractor)
+    key = reference_key(source, image_size, image_channels, num_images, extractor, crop)
     path = cache_path(key, cache_dir) if cache_dir and extractor.name else None
     if path and os.path.isfile(path):
         try:
@@ -466,7 +474,8 @@ def reference_statistics(source, image_size, image_channels, num_images, extract
                 return stats, path
         except (OSError, ValueError, KeyError):
             pass  # unreadable or foreign: computed again and overwritten
-    stats = compute_statistics(real_batches(source, image_size, image_channels, batch_size), extractor, num_images, progress)
+    batches = dataset_batches(source, image_size, image_channels, batch_size, crop=crop, data_dir=data_dir)
+    stats = compute_statistics(batches, extractor, num_images, progress)
     if path:
         stats.save(path, key)
     return stats, path

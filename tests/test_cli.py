@@ -1,0 +1,128 @@
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cli import cli
+from keras_ddpm import build_unet
+from keras_ddpm import get_preset
+from keras_ddpm import load_model
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """`python cli.py train` on the tiny preset, class-conditional, for 3 steps."""
+    out = tmp_path_factory.mktemp("run")
+    result = CliRunner().invoke(
+        cli,
+        ["train", "--preset", "tiny", "--steps", "3", "--batch_size", "8", "--lr", "1e-3",
+         "--class-cond", "--seed", "1", "--out", str(out), "--verbose", "0"],
+    )
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_train_writes_model_and_config(trained_run):
+    out, output = trained_run
+    assert "final loss" in output and "model saved to" in output
+    model = load_model(str(out / "model.keras"))
+    assert model.config.name == "tiny" and model.num_classes == 10
+    assert model.config.train.batch_size == 8 and model.config.train.learning_rate == 1e-3
+    assert int(model.optimizer.iterations) == 3
+    config = json.loads((out / "config.json").read_text())
+    assert config["dataset"] == "mnist_5k" and config["config"]["train"]["train_steps"] == 3
+
+
+def test_sample_writes_a_grid(trained_run, tmp_path):
+    out, _ = trained_run
+    path = tmp_path / "grid.png"
+    result = CliRunner().invoke(
+        cli,
+        ["sample", "--model_params", str(out / "model.keras"), "--mode", "normal", "--sampler", "ddpm",
+         "--steps", "4", "--batch_size", "6", "--seed", "3", "--class-label", "7", "--guidance", "1.5",
+         "--padding", "1", "--save_path", str(path)],
+    )
+    assert result.exit_code == 0, result.output
+    grid = np.array(Image.open(path))
+    # 6 tiles of 16x16 in a 3-column grid with 1-pixel padding: 2 rows.
+    assert grid.shape == (2 * 17 + 1, 3 * 17 + 1)
+    again = tmp_path / "again.png"
+    CliRunner().invoke(
+        cli,
+        ["sample", "--model", str(out / "model.keras"), "--sampler", "ddpm", "--steps", "4", "--batch-size", "6",
+         "--seed", "3", "--class-label", "7", "--guidance", "1.5", "--padding", "1", "--save-path", str(again)],
+    )
+    np.testing.assert_array_equal(np.array(Image.open(again)), grid)
+
+
+def test_info_prints_config_and_parameters(trained_run):
+    out, _ = trained_run
+    result = CliRunner().invoke(cli, ["info", "--preset", "tiny"])
+    assert result.exit_code == 0
+    expected = build_unet(get_preset("tiny").unet).count_params()
+    assert result.output.strip().splitlines()[-1] == f"parameters: {expected}"
+    assert json.loads(result.output[: result.output.rindex("}") + 1])["unet"]["image_size"] == 16
+    result = CliRunner().invoke(cli, ["info", "--model", str(out / "model.keras")])
+    assert result.exit_code == 0
+    conditional = build_unet(get_preset("tiny").replace(num_classes=10).unet).count_params()
+    assert f"parameters: {conditional}" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["info", "--preset", "huge"], "Unknown preset 'huge'"),
+        (["info"], "exactly one of --preset"),
+        (["sample", "--model", "missing.keras"], "No model file at missing.keras"),
+        (["train", "--preset", "nope", "--steps", "1"], "Unknown preset 'nope'"),
+        (["train", "--preset", "tiny", "--dataset", "imagenet_9000"], "imagenet_9000"),
+    ],
+)
+def test_user_errors_are_one_sentence(args, message):
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1
+
+
+def test_sample_rejects_bad_values(trained_run, tmp_path):
+    out, _ = trained_run
+    model = str(out / "model.keras")
+    for args, message in [
+        (["--class-label", "12"], "Class labels must be in [0, 9]"),
+        (["--steps", "1000"], "exceeds the model's 100 training timesteps"),
+        (["--img_size", "64"], "does not match the model's image size 16"),
+    ]:
+        result = CliRunner().invoke(cli, ["sample", "--model", model, "--save-path", str(tmp_path / "x.png"), *args])
+        assert result.exit_code == 1 and message in result.output, result.output
+    result = CliRunner().invoke(cli, ["sample", "--model", model, "--steps", "0"])
+    assert result.exit_code == 2 and "--steps" in result.output
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a zip")
+    result = CliRunner().invoke(cli, ["sample", "--model", str(bad)])
+    assert result.exit_code == 1 and "Could not load" in result.output
+
+
+@pytest.mark.slow
+def test_cli_runs_as_a_program():
+    import subprocess
+    import sys
+
+    import keras
+
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "cli.py", "info", "--preset", "ddpm_cifar10"], cwd=repo, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("parameters: 35746307")
+    result = subprocess.run(
+        [sys.executable, "cli.py", "info", "--preset", "nope"], cwd=repo, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "Error: Unknown preset 'nope'" in result.stderr

@@ -1,0 +1,88 @@
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from conftest import BACKENDS
+from conftest import randomize_weights
+from conftest import run_python
+from keras_ddpm import DiffusionModel
+from keras_ddpm import load_model
+
+
+def weights_of(network):
+    return [np.array(ops.convert_to_numpy(w)) for w in network.weights]
+
+
+def test_keras_round_trip_keeps_everything(tmp_path, tiny_images):
+    model = DiffusionModel.from_preset("tiny", num_classes=2, prediction="v", schedule="cosine", seed=3)
+    model.compile()
+    model.fit(tiny_images[:16], np.zeros(16, "int32"), batch_size=16, epochs=1, verbose=0)
+    randomize_weights(model, seed=1)
+    model.ema_network.get_layer("conv_out").kernel.assign(np.ones((3, 3, 16, 1), "float32") * 0.01)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+
+    loaded = load_model(path)
+    assert isinstance(loaded, DiffusionModel)
+    assert loaded.config == model.config
+    np.testing.assert_array_equal(loaded.schedule.betas, model.schedule.betas)
+    for a, b in zip(weights_of(loaded.network), weights_of(model.network)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(weights_of(loaded.ema_network), weights_of(model.ema_network)):
+        np.testing.assert_array_equal(a, b)
+    assert int(loaded.optimizer.iterations) == 1
+    np.testing.assert_array_equal(
+        loaded.generate(2, steps=3, seed=5, class_labels=1), model.generate(2, steps=3, seed=5, class_labels=1)
+    )
+    # Training goes on from the loaded state.
+    loaded.fit(tiny_images[:16], np.ones(16, "int32"), batch_size=16, epochs=1, verbose=0)
+    assert int(loaded.optimizer.iterations) == 2
+
+
+CHECK = """
+import json, numpy as np
+from keras import ops
+import keras_ddpm
+data = np.load({inputs!r})
+model = keras_ddpm.load_model({path!r})
+inputs = [data["x"], data["t"], data["y"]]
+print(json.dumps({{
+    "network": float(np.abs(ops.convert_to_numpy(model.network(inputs)) - data["eps"]).max()),
+    "ema": float(np.abs(ops.convert_to_numpy(model.ema_network(inputs)) - data["ema_eps"]).max()),
+    "scale": float(np.abs(data["eps"]).max()),
+}}))
+"""
+
+
+@pytest.mark.slow
+def test_a_model_saved_on_one_backend_loads_on_the_others(tmp_path):
+    model = randomize_weights(DiffusionModel.from_preset("tiny", num_classes=3, seed=0), seed=2)
+    for weight in model.ema_network.weights:  # make the EMA differ from the trained weights
+        weight.assign(ops.convert_to_numpy(weight) * 0.9)
+    rng = np.random.default_rng(0)
+    inputs = [
+        rng.standard_normal((4, 16, 16, 1)).astype("float32"),
+        np.array([0, 10, 50, 99], "int32"),
+        np.array([0, 1, 2, 3], "int32"),
+    ]
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    np.savez(
+        tmp_path / "inputs.npz",
+        x=inputs[0],
+        t=inputs[1],
+        y=inputs[2],
+        eps=ops.convert_to_numpy(model.network(inputs)),
+        ema_eps=ops.convert_to_numpy(model.ema_network(inputs)),
+    )
+    for backend in BACKENDS:
+        if backend == keras.backend.backend():
+            continue
+        result = json.loads(run_python(CHECK.format(path=path, inputs=str(tmp_path / "inputs.npz")), backend).strip().splitlines()[-1])
+        assert result["scale"] > 0.01, "outputs must not be trivially zero"
+        assert result["network"] < 1e-4, (backend, result)
+        assert result["ema"] < 1e-4, (backend, result)
