@@ -68,9 +68,10 @@ def cli():
 @click.option("--verbose", type=click.IntRange(0, 2), default=1, show_default=True, help="Keras progress output.")
 @click.option("--fid-every", type=click.IntRange(min=0), default=0, show_default=True, help="Measure FID/KID every N steps (0: never); logged to history, OUT/metrics.csv and OUT/logs.")
 @click.option("--fid-samples", type=click.IntRange(min=2), default=1000, show_default=True, help="Images generated (and real images used) per FID.")
+@click.option("--fid-steps", type=click.IntRange(min=1), default=50, show_default=True, help="DDIM steps of the FID samples.")
 @click.option("--inception-weights", default="imagenet", show_default=True, help="InceptionV3 weights for FID: 'imagenet' (downloaded by Keras) or a local file.")
 @user_errors
-def train(dataset, data_dir, image_size, crop, flip, cache, preset, steps, batch_size, lr, warmup_steps, ema_decay, prediction, schedule, class_cond, seed, out_dir, verbose, fid_every, fid_samples, inception_weights):
+def train(dataset, data_dir, image_size, crop, flip, cache, preset, steps, batch_size, lr, warmup_steps, ema_decay, prediction, schedule, class_cond, seed, out_dir, verbose, fid_every, fid_samples, fid_steps, inception_weights):
     """Train a model with `model.fit` and save it to OUT/model.keras."""
     import keras
 
@@ -114,7 +115,7 @@ def train(dataset, data_dir, image_size, crop, flip, cache, preset, steps, batch
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump({"dataset": dataset, "seed": seed, "backend": keras.backend.backend(), "config": config.to_dict()}, f, indent=2)
     click.echo(f"training {config.name} ({model.network.count_params():,} parameters) on {dataset} for {train_config.train_steps} steps")
-    callbacks = fid_callbacks(dataset, model, fid_every, fid_samples, inception_weights, out_dir, data_dir=data_dir, crop=crop) if fid_every else []
+    callbacks = fid_callbacks(dataset, model, fid_every, fid_samples, fid_steps, inception_weights, out_dir, data_dir=data_dir, crop=crop) if fid_every else []
     history = model.fit(dataset_batches, epochs=1, steps_per_epoch=train_config.train_steps, shuffle=False, verbose=verbose, callbacks=callbacks)
     path = os.path.join(out_dir, "model.keras")
     model.save(path)
@@ -183,11 +184,13 @@ def info(preset, model_path):
     click.echo(f"parameters: {parameters}")
 
 
-def fid_callbacks(dataset, model, every, num_samples, inception_weights, out_dir, data_dir=None, crop="auto"):
+def fid_callbacks(dataset, model, every, num_samples, steps, inception_weights, out_dir, data_dir=None, crop="auto"):
     """[FIDCallback] for `train --fid-every`: reference statistics first, so bad weights fail before training."""
     from keras_ddpm import fid
     from keras_ddpm.callbacks import FIDCallback
 
+    if steps > model.schedule.timesteps:
+        raise ValueError(f"--fid-steps {steps} exceeds the model's {model.schedule.timesteps} training timesteps.")
     extractor = fid.inception_v3(inception_weights, batch_size=min(50, num_samples))
     size, _, channels = model.image_shape
     click.echo(f"reference statistics of {dataset} ({num_samples} images at most)")
@@ -199,6 +202,7 @@ def fid_callbacks(dataset, model, every, num_samples, inception_weights, out_dir
         num_samples,
         every_n_steps=every,
         extractor=extractor,
+        steps=steps,
         batch_size=extractor.batch_size,
         csv_path=os.path.join(out_dir, "metrics.csv"),
         log_dir=os.path.join(out_dir, "logs"),

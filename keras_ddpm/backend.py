@@ -12,6 +12,20 @@ def backend_name():
     return keras.backend.backend()
 
 
+def default_jit_compile():
+    """`jit_compile` for `fit`: XLA on TensorFlow only with a GPU.
+
+    On a CPU, XLA made the tiny preset's first `fit` slower to compile (36 s vs 17 s) and its
+    steps slower (0.10 s vs 0.06 s a step), measured on this project's 2-core machines; JAX
+    always compiles and PyTorch runs eagerly (Keras' "auto").
+    """
+    if backend_name() == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    return "auto"
+
+
 def _unpack(data):
     images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
     return images, labels

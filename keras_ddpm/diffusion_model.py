@@ -63,9 +63,14 @@ class DiffusionModel(keras.Model):
     def metrics(self):
         return [self.loss_tracker]
 
-    def compile(self, optimizer=None, **kwargs):
-        """`optimizer` defaults to the preset's: Adam with warm-up and gradient clipping."""
-        super().compile(optimizer=optimizer or make_optimizer(self.config.train), **kwargs)
+    def compile(self, optimizer=None, jit_compile=None, **kwargs):
+        """`optimizer` defaults to the preset's: Adam with warm-up and gradient clipping.
+
+        `jit_compile` defaults to `backend.default_jit_compile()` (XLA where it helps).
+        """
+        if jit_compile is None:
+            jit_compile = backend.default_jit_compile()
+        super().compile(optimizer=optimizer or make_optimizer(self.config.train), jit_compile=jit_compile, **kwargs)
 
     def get_compile_config(self):
         if getattr(self, "optimizer", None) is None:  # not compiled

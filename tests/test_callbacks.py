@@ -147,13 +147,13 @@ def test_cli_train_fid_every_wires_a_callback_into_fit(tmp_path, monkeypatch):
     monkeypatch.setattr(fid, "inception_v3", tiny_inception)
     data = write_images(str(tmp_path / "data"), 8)
     out = tmp_path / "run"
-    args = ["train", "--dataset", data, "--preset", "tiny", "--steps", "2", "--batch-size", "4", "--fid-every", "2", "--fid-samples", "4"]
+    args = ["train", "--dataset", data, "--preset", "tiny", "--steps", "2", "--batch-size", "4", "--fid-every", "2", "--fid-samples", "4", "--fid-steps", "2"]
     args += ["--inception-weights", "my/weights.h5", "--out", str(out), "--verbose", "0"]
     result = CliRunner(env={"KERAS_DDPM_CACHE": str(tmp_path / "cache")}).invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "step 2: FID " in result.output and "(4 generated vs 4 real images)" in result.output
     (callback,) = passed
-    assert isinstance(callback, FIDCallback) and callback.every_n_steps == 2 and callback.num_samples == 4
+    assert isinstance(callback, FIDCallback) and callback.every_n_steps == 2 and callback.num_samples == 4 and callback.steps == 2
     assert weights_asked == [("my/weights.h5", 4)]
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
