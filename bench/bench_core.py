@@ -9,13 +9,12 @@ sampling step are warm-ups.
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BACKENDS = ("tensorflow", "torch", "jax")
+from common import BACKENDS
+from common import run_per_backend
+from common import write_json
 
 
 def measure(args):
@@ -57,20 +56,13 @@ def main():
     if args.child:
         print(json.dumps(measure(args)))
         return
-    rows = []
-    for backend in args.backends.split(","):
-        env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        out = subprocess.run([sys.executable, __file__, "--child", *sys.argv[1:]], env=env, capture_output=True, text=True)
-        if out.returncode:
-            print(f"{backend}: failed\n{out.stderr[-2000:]}")
-            continue
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    found = run_per_backend(__file__, sys.argv[1:], args.backends.split(","))
+    rows = list(found.values())
     print(f"preset {args.preset}: train batch {args.batch_size}, sampling {args.num_images} images with DDIM-{args.sample_steps}")
     print(f"{'backend':<12}{'train s/step':>14}{'images/s':>10}{'sample s':>10}")
     for row in rows:
         print(f"{row['backend']:<12}{row['train_step_s']:>14.3f}{row['train_images_per_s']:>10.1f}{row['sample_s']:>10.2f}")
-    with open(os.path.join(REPO, "bench", "bench_core.json"), "w") as f:
-        json.dump({"args": vars(args), "results": rows}, f, indent=2)
+    write_json("bench_core.json", args, rows)
 
 
 if __name__ == "__main__":

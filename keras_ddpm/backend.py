@@ -26,6 +26,21 @@ def default_jit_compile():
     return "auto"
 
 
+def replica_context():
+    """(replica id, number of replicas) inside a `tf.distribute` step; (0, 1) everywhere else.
+
+    JAX's `keras.distribution.DataParallel` needs nothing here: it compiles one program for
+    the global batch and XLA splits it across devices.
+    """
+    if backend_name() == "tensorflow":
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            return context.replica_id_in_sync_group, context.num_replicas_in_sync
+    return 0, 1
+
+
 def _unpack(data):
     images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
     return images, labels
@@ -47,14 +62,45 @@ def _tensorflow_train_step(model, data):
     import tensorflow as tf
 
     images, labels = _unpack(data)
+    _, replicas = replica_context()
     with tf.GradientTape() as tape:
         loss = model.compute_diffusion_loss(images, labels, training=True)
-        scaled_loss = model.optimizer.scale_loss(loss)
+        # tf.distribute sums the replicas' gradients: divide so they average (Keras' own convention).
+        scaled_loss = model.optimizer.scale_loss(loss / replicas if replicas > 1 else loss)
     gradients = tape.gradient(scaled_loss, model.trainable_variables)
-    model.optimizer.apply(gradients, model.trainable_variables)
+    if replicas > 1:
+        _tensorflow_apply_clipped_across_replicas(model.optimizer, gradients, model.trainable_variables, replicas)
+    else:
+        model.optimizer.apply(gradients, model.trainable_variables)
     model.update_ema()
     model.loss_tracker.update_state(loss)
     return {"loss": model.loss_tracker.result()}
+
+
+def _tensorflow_apply_clipped_across_replicas(optimizer, gradients, variables, replicas):
+    """Global-norm clipping of the replicas' summed gradient, then `optimizer.apply`.
+
+    Keras' optimizer clips each replica's gradient before tf.distribute sums them, so
+    `global_clipnorm` would bound the wrong norm (and a step on N devices would differ
+    from one on 1 device). Here the sum is clipped, and the optimizer (its clipping
+    switched off while the step is traced) sums the replicas' now equal gradients / N.
+    """
+    import tensorflow as tf
+
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer: clipping is the inner one's
+    clip = inner.global_clipnorm
+    if not clip:
+        optimizer.apply(gradients, variables)
+        return
+    gradients = [tf.convert_to_tensor(g) for g in gradients]  # IndexedSlices (embeddings) -> dense
+    summed = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+    scale = optimizer.dynamic_scale if inner is not optimizer else 1.0  # gradients are loss-scaled
+    summed, _ = tf.clip_by_global_norm(summed, clip * scale)
+    inner.global_clipnorm = None
+    try:
+        optimizer.apply([g / replicas for g in summed], variables)
+    finally:
+        inner.global_clipnorm = clip
 
 
 def _torch_train_step(model, data):
@@ -84,6 +130,8 @@ def _jax_train_step(model, state, data):
         mapping += list(zip(model.non_trainable_variables, non_trainable))
         with keras.StatelessScope(state_mapping=mapping) as scope:
             loss = model.compute_diffusion_loss(images, labels, training=True)
+        # LossScaleOptimizer reads its scale variable: map the optimizer's state too (as Keras' own step does).
+        with keras.StatelessScope(state_mapping=list(zip(model.optimizer.variables, optimizer_variables))):
             scaled_loss = model.optimizer.scale_loss(loss)
         # Seed generators (ours and dropout's) advanced inside the scope.
         updated = [scope.get_current_value(v) for v in model.non_trainable_variables]
@@ -92,11 +140,17 @@ def _jax_train_step(model, state, data):
     (_, (loss, non_trainable)), gradients = jax.value_and_grad(loss_fn, has_aux=True)(trainable, non_trainable)
     trainable, optimizer_variables = model.optimizer.stateless_apply(optimizer_variables, gradients, trainable)
     non_trainable = list(non_trainable)
+    iterations = optimizer_variables[_index_of(model.optimizer.iterations, model.optimizer.variables)]
+    decay = model.ema_decay_at(iterations)
     for ema_index, weight_index in model.ema_variable_pairs():
-        non_trainable[ema_index] = model.ema_update_value(non_trainable[ema_index], trainable[weight_index])
+        non_trainable[ema_index] = model.ema_update_value(non_trainable[ema_index], trainable[weight_index], decay)
     metrics_variables = model.loss_tracker.stateless_update_state(metrics_variables, loss)
     logs = {"loss": model.loss_tracker.stateless_result(metrics_variables)}
     return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
+
+
+def _index_of(variable, variables):
+    return next(i for i, v in enumerate(variables) if v is variable)
 
 
 def compile_inference(fn, variables, jit_compile=False):
@@ -129,3 +183,25 @@ def compile_inference(fn, variables, jit_compile=False):
 
         return no_grad
     raise NotImplementedError(f"keras_ddpm supports the tensorflow, torch and jax backends, not {name!r}.")
+
+
+def compile_loop(fn, variables, jit_compile=None):
+    """Compiles a whole sampling loop `fn(x, x0, start, stop, *tensors)` (a `keras.ops.fori_loop`
+    over the network, `samplers.reverse_steps`) so that a chain costs one call.
+
+    JAX: `jax.jit` (the loop becomes one `lax.while_loop`; `start`/`stop` are traced, so any
+    range of steps reuses the compilation). TensorFlow: `tf.function` with XLA by default
+    (`jit_compile`), the Python ints `start`/`stop` passed as tensors so they never retrace.
+    PyTorch: eager under `torch.no_grad()` (the loop is a Python loop).
+    """
+    name = backend_name()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        compiled = compile_inference(fn, variables, jit_compile=True if jit_compile is None else jit_compile)
+
+        def with_tensor_bounds(x, x0, start, stop, *args):
+            return compiled(x, x0, tf.constant(start, tf.int32), tf.constant(stop, tf.int32), *args)
+
+        return with_tensor_bounds
+    return compile_inference(fn, variables)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("epsilon", "x0", "v")
+OPTIMIZERS = ("adam", "adamw")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,24 @@ class TrainConfig:
     grad_clip: float = 1.0  # global-norm clipping; 0 disables
     train_steps: int = 800_000
     horizontal_flip: bool = True
+    optimizer: str = "adam"  # adam, or adamw (decoupled weight decay)
+    weight_decay: float = 0.0  # adamw only
+    lr_schedule: str = "constant"  # after warm-up: constant (DDPM) or cosine decay to 0 at train_steps
+    ema_warmup_power: float = 0.0  # 0: fixed decay; else decay_n = min(ema_decay, 1 - (1 + n)^-power)
 
     def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}. Received: optimizer={self.optimizer!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}. Received: lr_schedule={self.lr_schedule!r}")
+        if self.weight_decay < 0 or (self.weight_decay and self.optimizer != "adamw"):
+            raise ValueError(f"weight_decay must be >= 0 and needs optimizer='adamw'. Received: weight_decay={self.weight_decay}")
+        if self.ema_warmup_power < 0:
+            raise ValueError(f"ema_warmup_power must be >= 0. Received: ema_warmup_power={self.ema_warmup_power}")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0 (0 disables). Received: grad_clip={self.grad_clip}")
+        if self.warmup_steps < 0 or self.train_steps < 1:
+            raise ValueError(f"warmup_steps must be >= 0 and train_steps >= 1. Received: warmup_steps={self.warmup_steps}, train_steps={self.train_steps}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1). Received: ema_decay={self.ema_decay}")
         if self.learning_rate <= 0:

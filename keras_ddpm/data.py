@@ -100,6 +100,12 @@ def default_crop(name):
     return "celeba" if dataset.split("/")[0] == "celeb_a" else "center"
 
 
+def tensorflow_installed():
+    import importlib.util
+
+    return importlib.util.find_spec("tensorflow") is not None
+
+
 def import_tensorflow():
     """TensorFlow for tf.data only: under JAX or PyTorch it must not take the GPU's memory."""
     import keras
@@ -220,6 +226,9 @@ def make_dataset(
 ):
     """A batched, prefetched `tf.data.Dataset` of float32 images in [-1, 1] (and int32 labels).
 
+    Without TensorFlow (a JAX or PyTorch machine), the embedded datasets come as a
+    `data_arrays.ArrayBatches` PyDataset with the same preprocessing; the others need TensorFlow.
+
     Args:
         name: "mnist_5k[:split]", a tfds image dataset "name[:split]", or a folder path.
         image_size, image_channels: the model's; grayscale and RGB are converted as needed.
@@ -238,6 +247,13 @@ def make_dataset(
         prefetch_to_device: "auto" (the GPU under TensorFlow), None, or a device name.
     """
     from keras_ddpm import data_folder
+
+    embedded = not data_folder.is_folder_name(name) and parse_dataset_name(name)[0] in EMBEDDED_DATASETS
+    if embedded and not tensorflow_installed():
+        from keras_ddpm.data_arrays import ArrayBatches
+
+        images, labels = load_arrays(name)
+        return ArrayBatches(images, labels, image_size, image_channels, batch_size, with_labels, shuffle, repeat, horizontal_flip, seed, drop_remainder)
     from keras_ddpm import data_transforms
 
     tf = import_tensorflow()
@@ -246,7 +262,7 @@ def make_dataset(
         raise ValueError(f"crop must be 'auto' or one of {data_transforms.CROPS}. Received: crop={crop!r}")
     if data_folder.is_folder_name(name):
         source = _folder_source(name, crop)
-    elif parse_dataset_name(name)[0] in EMBEDDED_DATASETS:
+    elif embedded:
         source = _array_source(name, crop)
     else:
         source = _tfds_source(name, crop, data_dir, shuffle, seed)

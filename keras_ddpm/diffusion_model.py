@@ -47,6 +47,14 @@ class DiffusionModel(keras.Model):
         """Builds the named preset, with any config field overridden by name (`num_classes=10`)."""
         return cls(get_preset(name).replace(**overrides), seed=seed)
 
+    def for_inference(self):
+        """An uncompiled copy with the same trained and EMA weights and no optimizer state: what
+        ships (a third of a checkpoint's size with Adam's two moments left out)."""
+        copy = type(self)(self.config, seed=self.seed)
+        copy.network.set_weights(self.network.get_weights())
+        copy.ema_network.set_weights(self.ema_network.get_weights())
+        return copy
+
     def get_config(self):
         return {**super().get_config(), "config": self.config.to_dict(), "seed": self.seed}
 
@@ -106,17 +114,27 @@ class DiffusionModel(keras.Model):
         `class_dropout` (classifier-free guidance training). Backend-neutral: randomness
         comes only from `self.seed_generator`.
         """
-        images = ops.cast(images, "float32")
+        images = ops.cast(images, "float32")  # the schedule math and the loss stay float32 under mixed precision
         batch = ops.shape(images)[0]
-        timesteps = keras.random.randint((batch,), 0, self.schedule.timesteps, dtype="int32", seed=self.seed_generator)
-        noise = keras.random.normal(ops.shape(images), seed=self.seed_generator)
+        replica, replicas = backend.replica_context()
+
+        def draw(sample, shape):
+            # Under tf.distribute every replica draws for the global batch (the same numbers: the
+            # seed state is mirrored) and keeps its slice, so each example gets its own t and eps
+            # and a step on N devices sees exactly the draws of one device.
+            if replicas == 1:
+                return sample((batch, *shape))
+            return ops.take(sample((batch * replicas, *shape)), ops.arange(batch) + replica * batch, axis=0)
+
+        timesteps = draw(lambda s: keras.random.randint(s, 0, self.schedule.timesteps, dtype="int32", seed=self.seed_generator), ())
+        noise = draw(lambda s: keras.random.normal(s, seed=self.seed_generator), ops.shape(images)[1:])
         x_t = self.q_sample(images, timesteps, noise)
         inputs = [x_t, timesteps]
         if self.num_classes:
             if labels is None:
                 labels = ops.full((batch,), self.num_classes, dtype="int32")
             labels = ops.cast(ops.reshape(labels, (batch,)), "int32")
-            dropped = keras.random.uniform((batch,), seed=self.seed_generator) < self.config.diffusion.class_dropout
+            dropped = draw(lambda s: keras.random.uniform(s, seed=self.seed_generator), ()) < self.config.diffusion.class_dropout
             inputs.append(ops.where(dropped, self.num_classes, labels))
         output = ops.cast(self.network(inputs, training=training), "float32")
         prediction = self.config.diffusion.prediction
@@ -134,14 +152,52 @@ class DiffusionModel(keras.Model):
     def train_step(self, *args):
         return backend.train_step(self, *args)
 
-    def ema_update_value(self, ema_value, value):
+    def ema_decay_at(self, iterations):
+        """The EMA decay after optimizer update number `iterations` (1-based).
+
+        Without warm-up, `ema_decay`. With `ema_warmup_power` p > 0, diffusers' EMA warm-up
+        (after @crowsonkb): min(ema_decay, 1 - (1 + n)^-p) with n = iterations - 1, so the
+        first update copies the weights and the decay grows as training goes on.
+        """
+        train = self.config.train
+        if not train.ema_warmup_power:
+            return train.ema_decay
+        n = ops.maximum(ops.cast(iterations, "float32") - 1.0, 0.0)
+        return ops.minimum(train.ema_decay, 1.0 - ops.power(1.0 + n, -train.ema_warmup_power))
+
+    def ema_update_value(self, ema_value, value, decay=None):
         """EMA of the weights: ema <- decay * ema + (1 - decay) * w."""
-        decay = self.config.train.ema_decay
+        decay = self.config.train.ema_decay if decay is None else decay
         return decay * ema_value + (1.0 - decay) * value
 
     def update_ema(self):
+        decay = self.ema_decay_at(self.optimizer.iterations) if getattr(self, "optimizer", None) else None
         for ema_weight, weight in zip(self.ema_network.weights, self.network.weights):
-            ema_weight.assign(self.ema_update_value(ema_weight.value, weight.value))
+            ema_weight.assign(self.ema_update_value(ema_weight.value, weight.value, decay))
+
+    def _seed_states(self):
+        """The state variables of every seed generator (ours, dropout's), in a fixed order."""
+        return [v for v in self.non_trainable_variables if v.path.endswith("seed_generator_state")]
+
+    def save_own_variables(self, store):
+        # Keras saves no seed-generator state; a checkpoint must, so a resumed run continues
+        # the random stream instead of repeating it.
+        super().save_own_variables(store)
+        states = self._seed_states()
+        if states:
+            store["seed_generator_states"] = np.stack([ops.convert_to_numpy(v.value) for v in states])
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        if "seed_generator_states" in keys:
+            saved = np.asarray(store["seed_generator_states"])
+            states = self._seed_states()
+            if saved.shape[0] == len(states):
+                for variable, value in zip(states, saved):
+                    variable.assign(value.astype(variable.dtype))
+        own = self._trainable_variables + self._non_trainable_variables
+        for i, variable in enumerate(own):
+            variable.assign(store[f"{i}"])
 
     def ema_variable_pairs(self):
         """(index in non_trainable_variables, index in trainable_variables) per EMA weight."""
@@ -154,28 +210,41 @@ class DiffusionModel(keras.Model):
 
     # Sampling.
 
-    def _step_function(self, network, prediction, clip_denoised, guided):
-        """A compiled (x_t, t, coefficients, noise, labels, guidance) -> (x_prev, x0_hat)."""
-        key = (network.name, prediction, clip_denoised, guided)
+    def _model_fn(self, network, guided):
+        """`model_fn(x_t, t, labels, guidance)` for `samplers.reverse_steps`: the network's output,
+        with classifier-free guidance (one batched call on [x; x] with [labels; null])."""
+
+        def model_fn(x_t, timesteps, labels, guidance):
+            if labels is None:
+                return network([x_t, timesteps], training=False)
+            if not guided:
+                return network([x_t, timesteps, labels], training=False)
+            null = ops.full(ops.shape(labels), self.num_classes, dtype="int32")
+            both = network(
+                [ops.concatenate([x_t, x_t]), ops.concatenate([timesteps, timesteps]), ops.concatenate([labels, null])],
+                training=False,
+            )
+            conditional, unconditional = ops.split(both, 2)
+            return samplers.guided_output(conditional, unconditional, guidance)
+
+        return model_fn
+
+    def _loop_function(self, network, prediction, clip_denoised, guided, whole=True):
+        """A compiled `samplers.reverse_steps` over `network`:
+        (x, x0, start, stop, timesteps, coefficients, noises, known, mask, known_noises, labels, guidance)
+        -> (x, x0_hat). `whole`: the loop compiled as one program (XLA on TensorFlow); otherwise
+        the per-step dispatch of a classic loop (for comparison)."""
+        key = (network.name, prediction, clip_denoised, guided, whole)
         if key not in self._compiled_steps:
+            model_fn = self._model_fn(network, guided)
 
-            def step(x_t, timesteps, coefficients, noise, labels, guidance):
-                if labels is None:
-                    output = network([x_t, timesteps], training=False)
-                elif guided:
-                    null = ops.full(ops.shape(labels), self.num_classes, dtype="int32")
-                    both = network(
-                        [ops.concatenate([x_t, x_t]), ops.concatenate([timesteps, timesteps]), ops.concatenate([labels, null])],
-                        training=False,
-                    )
-                    conditional, unconditional = ops.split(both, 2)
-                    output = samplers.guided_output(conditional, unconditional, guidance)
-                else:
-                    output = network([x_t, timesteps, labels], training=False)
-                output = ops.cast(output, "float32")
-                return samplers.denoise_step(x_t, output, coefficients, noise, prediction, clip_denoised)
+            def loop(x, x0, start, stop, timesteps, coefficients, noises, known, mask, known_noises, labels, guidance):
+                return samplers.reverse_steps(
+                    model_fn, x, x0, start, stop, timesteps, coefficients, noises, known, mask, known_noises,
+                    context=(labels, guidance), prediction=prediction, clip_denoised=clip_denoised,
+                )
 
-            self._compiled_steps[key] = backend.compile_inference(step, network.weights)
+            self._compiled_steps[key] = backend.compile_loop(loop, network.weights, jit_compile=None if whole else False)
         return self._compiled_steps[key]
 
     def _labels_for(self, class_labels, num_images):
@@ -206,35 +275,49 @@ class DiffusionModel(keras.Model):
         seed=None,
         class_labels=None,
         guidance=0.0,
-        skip="uniform",
+        skip=None,
         variance="fixed_small",
         clip_denoised=True,
         use_ema=True,
         callback=None,
         return_uint8=True,
+        callback_steps=None,
+        start_timestep=None,
+        known_images=None,
+        known_mask=None,
+        compile_loop=True,
     ):
-        """Samples images by running the reverse process from x_T.
+        """Samples images by running the reverse process from x_T (or from x_t at `start_timestep`).
 
         Args:
             num_images: how many images; may be omitted when `noise` is given.
-            noise: x_T, shape (N, H, W, C); drawn from `seed` when omitted.
-            sampler: "ddim" or "ddpm".
+            noise: x_T, shape (N, H, W, C) (x_t with `start_timestep`); drawn from `seed` when omitted.
+            sampler: "ddim", "ddpm" or "dpm_solver" (DPM-Solver++(2M); 20 steps ~ DDIM 50+).
             steps: number of denoising steps (DDPM: a uniform sub-sequence when < T).
             eta: DDIM's eta (0: deterministic; 1: DDPM-like).
             seed: seed for x_T and the per-step noise; the same seed gives the same images.
             class_labels: one label or one per image (class-conditional models).
             guidance: classifier-free guidance weight w (0: plain conditional sampling).
-            skip: DDIM timestep skip, "uniform" or "quadratic".
+            skip: timestep spacing, "uniform", "quadratic" or "logsnr" (None: uniform for ddim,
+                logsnr for dpm_solver; ddpm is always uniform).
             variance: DDPM's sigma_t^2, "fixed_small" (beta-tilde) or "fixed_large" (beta).
             clip_denoised: clip the predicted x_0 to [-1, 1] at every step.
             use_ema: sample with the EMA weights (default) or the trained ones.
-            callback: called as `callback(step, t, x_t, x0_hat)` after every step.
+            callback: called as `callback(step, t, x_t, x0_hat)` after every step (numpy-convertible
+                tensors; x_t is the sample after the step), or only after `callback_steps`.
             return_uint8: uint8 images in [0, 255] (default) or float32 in [-1, 1].
+            callback_steps: step indices after which `callback` runs (default: all); the chain is
+                compiled between them, so few callback steps cost little.
+            start_timestep: begin the chain at this t (`noise` is then x_t, e.g. a noised image).
+            known_images, known_mask: inpainting by replacement: where `known_mask` (N or 1, H, W,
+                1 or C) is 1, the sample is replaced after every step by `known_images` ([-1, 1])
+                noised to the next timestep.
+            compile_loop: compile the whole chain as one program (default) or dispatch every step.
 
         Returns:
             A numpy array (N, H, W, C).
         """
-        plan = samplers.make_plan(self.schedule, sampler, steps, eta, skip, variance)
+        plan = samplers.make_plan(self.schedule, sampler, steps, eta, skip, variance, start_timestep)
         seed_generator = keras.random.SeedGenerator(seed)
         if noise is None:
             if not num_images or num_images < 1:
@@ -249,19 +332,41 @@ class DiffusionModel(keras.Model):
         guided = labels is not None and guidance != 0
         if labels is not None:
             labels = ops.convert_to_tensor(labels)
+        known = mask = None
+        if known_images is not None or known_mask is not None:
+            known = np.broadcast_to(np.asarray(known_images, dtype=np.float32), (num_images, *self.image_shape))
+            mask = np.broadcast_to(np.asarray(known_mask, dtype=np.float32), (num_images, *self.image_shape))
+            known, mask = ops.convert_to_tensor(known.copy()), ops.convert_to_tensor(mask.copy())
+            t0 = int(plan.timesteps[0])
+            start = keras.random.normal(ops.shape(x), seed=seed_generator)
+            noised = self.schedule.sqrt_alphas_cumprod[t0] * known + self.schedule.sqrt_one_minus_alphas_cumprod[t0] * start
+            x = mask * ops.cast(noised, "float32") + (1.0 - mask) * x
         network = self.ema_network if use_ema else self.network
-        step = self._step_function(network, self.config.diffusion.prediction, clip_denoised, guided)
-        coefficients = ops.convert_to_tensor(plan.coefficients())
+        loop = self._loop_function(network, self.config.diffusion.prediction, clip_denoised, guided, compile_loop)
         guidance = ops.convert_to_tensor(guidance, "float32")
-        zeros = ops.zeros_like(x)
-        for i, t in enumerate(plan.timesteps):
-            noise_i = keras.random.normal(ops.shape(x), seed=seed_generator) if plan.sigma[i] > 0 else zeros
-            timesteps = ops.full((num_images,), int(t), dtype="int32")
-            x, x0 = step(x, timesteps, coefficients[i], noise_i, labels, guidance)
-            if callback is not None:
-                callback(i, int(t), x, x0)
+
+        def run(*args):
+            return loop(*args, labels, guidance)
+
+        x, _ = samplers.run_plan(
+            run, x, plan, seed_generator, callback, callback_steps, known, mask,
+            max_steps_per_call=None if compile_loop else 1,
+        )
         images = ops.convert_to_numpy(x)
         return to_uint8(images) if return_uint8 else images
+
+    def invert(self, images, steps=50, skip="uniform", class_labels=None, use_ema=True):
+        """Deterministic DDIM inversion of images in [-1, 1]: the x_T from which DDIM (eta = 0,
+        same `steps` and `skip`) reproduces them (`samplers.ddim_inversion_plan`). float32 numpy."""
+        plan = samplers.ddim_inversion_plan(self.schedule, steps, skip)
+        x = ops.convert_to_tensor(np.asarray(images, dtype=np.float32))
+        labels = self._labels_for(class_labels, x.shape[0])
+        labels = None if labels is None else ops.convert_to_tensor(labels)
+        network = self.ema_network if use_ema else self.network
+        loop = self._loop_function(network, self.config.diffusion.prediction, False, False)
+        guidance = ops.convert_to_tensor(0.0, "float32")
+        x, _ = samplers.run_plan(lambda *args: loop(*args, labels, guidance), x, plan)
+        return ops.convert_to_numpy(x)
 
 
 def to_uint8(images):

@@ -17,41 +17,77 @@ updates have this form:
   x_{t_prev} = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps_hat + sigma z with
   sigma = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev) (eq. 16).
 
+- DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2) adds the previous step's
+  x0_hat: x_{t_prev} = coef_x0 * x0_hat + coef_eps * eps_hat + coef_x0_prev * x0_hat_prev.
+
 Here a_t is alpha-bar_t, and the step after t = 0 lands on x_0 (a_prev = 1, sigma = 0).
 Fewer steps than T use the sub-sequence's own betas, beta_i = 1 - a_{t_i} / a_{t_prev}
 (improved-diffusion's respacing), so DDPM with fixed-small variance equals DDIM with eta = 1.
+
+`reverse_steps` runs a range of steps of a plan as one `keras.ops.fori_loop` over any
+`model_fn(x_t, t, *context)`, so the whole chain can be compiled once (see `backend.compile_loop`);
+`run_plan` drives it (noise, callbacks) and works on an uncompiled function as well.
 """
 
 from dataclasses import dataclass
 
+import keras
 import numpy as np
 from keras import ops
 
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpm_solver")
 VARIANCES = ("fixed_small", "fixed_large")
-SKIPS = ("uniform", "quadratic")
+SKIPS = ("uniform", "quadratic", "logsnr")
 
 
-def ddim_timesteps(num_train_timesteps, steps, skip="uniform"):
+def ddim_timesteps(num_train_timesteps, steps, skip="uniform", start=None):
     """The timesteps a `steps`-step sampler visits, in sampling order (descending).
 
-    `uniform`: evenly spaced from T - 1 down to 0, both ends included.
-    `quadratic`: DDIM's `(linspace(0, sqrt(0.8 T), S) ** 2)` truncated to integers;
-    repeated values (near t = 0 for large S) are dropped, so fewer steps may remain.
+    `uniform`: evenly spaced from T - 1 (or `start`) down to 0, both ends included.
+    `quadratic`: DDIM's `(linspace(0, sqrt(0.8 T), S) ** 2)` truncated to integers
+    (`linspace(0, sqrt(start), S) ** 2` from a given `start`); repeated values (near t = 0
+    for large S) are dropped, so fewer steps may remain.
+    `start` begins the chain at an intermediate timestep (a noised real image); `steps` is
+    then capped at start + 1.
     """
+    if start is not None:
+        if not 0 <= start < num_train_timesteps:
+            raise ValueError(f"start must be a timestep in [0, {num_train_timesteps - 1}]. Received: start={start}")
+        steps = min(steps, start + 1)
     if not 1 <= steps <= num_train_timesteps:
         raise ValueError(
             f"steps must be between 1 and the {num_train_timesteps} training timesteps. Received: steps={steps}"
         )
+    last = num_train_timesteps - 1 if start is None else start
     if skip == "uniform":
-        timesteps = np.round(np.linspace(0, num_train_timesteps - 1, steps)).astype(np.int64)
+        timesteps = np.round(np.linspace(0, last, steps)).astype(np.int64)
         if steps == 1:
-            timesteps = np.array([num_train_timesteps - 1])
+            timesteps = np.array([last])
     elif skip == "quadratic":
-        timesteps = (np.linspace(0, np.sqrt(num_train_timesteps * 0.8), steps) ** 2).astype(np.int64)
+        end = np.sqrt(num_train_timesteps * 0.8) if start is None else np.sqrt(start)
+        timesteps = (np.linspace(0, end, steps) ** 2).astype(np.int64)
     else:
         raise ValueError(f"skip must be one of {SKIPS}. Received: skip={skip!r}")
     return np.unique(timesteps)[::-1].copy()
+
+
+def logsnr_timesteps(schedule, steps, start=None):
+    """`steps` timesteps evenly spaced in log-SNR, lambda_t = log(sqrt(a_t) / sqrt(1 - a_t)), from
+    T - 1 (or `start`) down to 0, each the nearest integer timestep (DPM-Solver's recommended
+    "logSNR" spacing, Lu et al. 2022 sec. 3.3); repeats are dropped, as for `quadratic`."""
+    last = schedule.timesteps - 1 if start is None else start
+    ddim_timesteps(schedule.timesteps, steps, "uniform", start)  # validates steps and start
+    lambdas = 0.5 * (np.log(schedule.alphas_cumprod) - np.log1p(-schedule.alphas_cumprod))
+    targets = np.linspace(lambdas[last], lambdas[0], min(steps, last + 1))
+    nearest = np.abs(lambdas[None, : last + 1] - targets[:, None]).argmin(axis=1)
+    return np.unique(nearest)[::-1].copy()
+
+
+def sampler_timesteps(schedule, steps, skip="uniform", start=None):
+    """`ddim_timesteps` for "uniform"/"quadratic", `logsnr_timesteps` for "logsnr"."""
+    if skip == "logsnr":
+        return logsnr_timesteps(schedule, steps, start)
+    return ddim_timesteps(schedule.timesteps, steps, skip, start)
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,6 +100,8 @@ class SamplerPlan:
     coef_x0: np.ndarray
     coef_eps: np.ndarray
     sigma: np.ndarray
+    coef_x0_prev: np.ndarray = None  # multistep solvers: weight of the previous step's x0_hat
+    alphas_cumprod_prev: np.ndarray = None  # a at the timestep each step lands on (1 after t = 0)
 
     def __len__(self):
         return len(self.timesteps)
@@ -79,6 +117,17 @@ class SamplerPlan:
             axis=1,
         ).astype(np.float32)
 
+    def loop_coefficients(self):
+        """(steps, 8) float32 for `reverse_steps`: `coefficients()`, then coef_x0_prev,
+        sqrt(a_prev) and sqrt(1 - a_prev) (to noise known pixels to the next timestep)."""
+        zeros = np.zeros(len(self))
+        a_prev = self.alphas_cumprod_prev if self.alphas_cumprod_prev is not None else np.ones(len(self))
+        extra = np.stack(
+            [self.coef_x0_prev if self.coef_x0_prev is not None else zeros, np.sqrt(a_prev), np.sqrt(1.0 - a_prev)],
+            axis=1,
+        )
+        return np.concatenate([self.coefficients(), extra.astype(np.float32)], axis=1)
+
 
 def _alphas_cumprod_pairs(schedule, timesteps):
     alpha_bar = schedule.alphas_cumprod[timesteps]
@@ -86,11 +135,11 @@ def _alphas_cumprod_pairs(schedule, timesteps):
     return alpha_bar, alpha_bar_prev
 
 
-def ddpm_plan(schedule, steps=None, variance="fixed_small"):
+def ddpm_plan(schedule, steps=None, variance="fixed_small", start=None):
     """Ancestral sampling, DDPM Algorithm 2, on all T steps or a uniform sub-sequence."""
     if variance not in VARIANCES:
         raise ValueError(f"variance must be one of {VARIANCES}. Received: variance={variance!r}")
-    timesteps = ddim_timesteps(schedule.timesteps, steps or schedule.timesteps, "uniform")
+    timesteps = ddim_timesteps(schedule.timesteps, steps or schedule.timesteps, "uniform", start)
     alpha_bar, alpha_bar_prev = _alphas_cumprod_pairs(schedule, timesteps)
     betas = 1.0 - alpha_bar / alpha_bar_prev
     # DDPM eq. 7.
@@ -108,14 +157,15 @@ def ddpm_plan(schedule, steps=None, variance="fixed_small"):
         coef_x0=coef1 + coef2 * np.sqrt(alpha_bar),
         coef_eps=coef2 * np.sqrt(1.0 - alpha_bar),
         sigma=np.sqrt(sigma2),
+        alphas_cumprod_prev=alpha_bar_prev,
     )
 
 
-def ddim_plan(schedule, steps=50, eta=0.0, skip="uniform"):
+def ddim_plan(schedule, steps=50, eta=0.0, skip="uniform", start=None):
     """Generalised (DDIM) sampling, Song et al. 2020 eq. 12 with sigma from eq. 16."""
     if eta < 0:
         raise ValueError(f"eta must be non-negative. Received: eta={eta}")
-    timesteps = ddim_timesteps(schedule.timesteps, steps, skip)
+    timesteps = sampler_timesteps(schedule, steps, skip, start)
     alpha_bar, alpha_bar_prev = _alphas_cumprod_pairs(schedule, timesteps)
     sigma = eta * np.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * (1.0 - alpha_bar / alpha_bar_prev))
     return SamplerPlan(
@@ -125,14 +175,88 @@ def ddim_plan(schedule, steps=50, eta=0.0, skip="uniform"):
         coef_x0=np.sqrt(alpha_bar_prev),
         coef_eps=np.sqrt(np.maximum(1.0 - alpha_bar_prev - sigma**2, 0.0)),
         sigma=sigma,
+        alphas_cumprod_prev=alpha_bar_prev,
     )
 
 
-def make_plan(schedule, sampler="ddim", steps=50, eta=0.0, skip="uniform", variance="fixed_small"):
+def dpm_solver_plan(schedule, steps=20, skip="logsnr", start=None):
+    """DPM-Solver++(2M), Lu et al. 2022 (arXiv:2211.01095), Algorithm 2: multistep, second order,
+    in data (x0) prediction; deterministic (it solves the probability-flow ODE).
+
+    Notation: alpha_t = sqrt(a_t), sigma_t = sqrt(1 - a_t), lambda_t = log(alpha_t / sigma_t),
+    h_i = lambda_{t_prev} - lambda_{t_i}, r_i = h_{i-1} / h_i. Step i:
+        x_{t_prev} = (sigma_prev / sigma_t) x_t + alpha_prev (1 - e^{-h}) D_i,
+        D_i = (1 + 1 / (2 r_i)) x0_i - 1 / (2 r_i) x0_{i-1},
+    and with x_t = alpha_t x0_i + sigma_t eps_i (sigma_prev / sigma_t) x_t = alpha_prev e^{-h} x0_i
+    + sigma_prev eps_i. The first step (no history) and the last one (onto sigma = 0, where
+    h is infinite) are first order, D = x0_i, i.e. a DDIM eta = 0 step (as diffusers'
+    `lower_order_final` with `final_sigmas_type="zero"`).
+
+    Timesteps (`skip`): "logsnr" (default; evenly spaced in lambda down to t = 0, the paper's
+    choice), "quadratic" (DDIM's), or "uniform": `steps` evaluations at
+    linspace(T - 1, 0, steps + 1) without t = 0, the last step landing on x_0 (diffusers' layout;
+    a second-order step onto t = 0 from a uniform grid would cross most of lambda's range).
+    """
+    skip = skip or "logsnr"
+    limit = schedule.timesteps if start is None else start + 1
+    if skip == "uniform" and steps < limit:
+        timesteps = ddim_timesteps(schedule.timesteps, steps + 1, skip, start)[:-1]
+    else:
+        timesteps = sampler_timesteps(schedule, steps, skip, start)
+    alpha_bar, alpha_bar_prev = _alphas_cumprod_pairs(schedule, timesteps)
+    alpha, sigma = np.sqrt(alpha_bar), np.sqrt(1.0 - alpha_bar)
+    alpha_prev, sigma_prev = np.sqrt(alpha_bar_prev), np.sqrt(1.0 - alpha_bar_prev)
+    exp_neg_h = (sigma_prev / alpha_prev) / (sigma / alpha)  # e^{-h}: 0 on the step onto sigma = 0
+    lambdas = np.log(alpha / sigma)
+    h = np.log(alpha_prev[:-1] / sigma_prev[:-1]) - lambdas[:-1]
+    second_order = np.zeros(len(timesteps), dtype=bool)
+    second_order[1:-1] = True
+    half_inverse_r = np.zeros(len(timesteps))  # 1 / (2 r_i)
+    if len(timesteps) > 2:
+        half_inverse_r[1:-1] = h[1:] / (2.0 * h[:-1])
+    half_inverse_r = np.where(second_order, half_inverse_r, 0.0)
+    return SamplerPlan(
+        timesteps=timesteps,
+        sqrt_alphas_cumprod=alpha,
+        sqrt_one_minus_alphas_cumprod=sigma,
+        coef_x0=alpha_prev * (exp_neg_h + (1.0 - exp_neg_h) * (1.0 + half_inverse_r)),
+        coef_eps=sigma_prev,
+        sigma=np.zeros(len(timesteps)),
+        coef_x0_prev=-alpha_prev * (1.0 - exp_neg_h) * half_inverse_r,
+        alphas_cumprod_prev=alpha_bar_prev,
+    )
+
+
+def ddim_inversion_plan(schedule, steps=50, skip="uniform"):
+    """Deterministic DDIM inversion (Song et al. 2020 sec. 4.3, eq. 13 run forwards): from a clean
+    image at t = 0 up to x at t = T - 1 along the reverse of `ddim_plan`'s timesteps, so that
+    `ddim_plan(steps)` from the result reconstructs the image (exactly in the ODE limit).
+    Step i evaluates the network at t_i and lands on t_{i+1} > t_i."""
+    ascending = ddim_timesteps(schedule.timesteps, steps, skip)[::-1].copy()
+    if len(ascending) < 2:
+        raise ValueError(f"DDIM inversion needs at least 2 steps. Received: steps={steps}")
+    alpha_bar = schedule.alphas_cumprod[ascending[:-1]]
+    alpha_bar_next = schedule.alphas_cumprod[ascending[1:]]
+    return SamplerPlan(
+        timesteps=ascending[:-1],
+        sqrt_alphas_cumprod=np.sqrt(alpha_bar),
+        sqrt_one_minus_alphas_cumprod=np.sqrt(1.0 - alpha_bar),
+        coef_x0=np.sqrt(alpha_bar_next),
+        coef_eps=np.sqrt(1.0 - alpha_bar_next),
+        sigma=np.zeros(len(ascending) - 1),
+        alphas_cumprod_prev=alpha_bar_next,
+    )
+
+
+def make_plan(schedule, sampler="ddim", steps=50, eta=0.0, skip=None, variance="fixed_small", start=None):
+    """The plan of a named sampler; `start` begins the chain at that timestep instead of T - 1.
+    `skip=None` is each sampler's default: "uniform" for ddim, "logsnr" for dpm_solver."""
     if sampler == "ddpm":
-        return ddpm_plan(schedule, steps, variance)
+        return ddpm_plan(schedule, steps, variance, start)
     if sampler == "ddim":
-        return ddim_plan(schedule, steps, eta, skip)
+        return ddim_plan(schedule, steps, eta, skip or "uniform", start)
+    if sampler == "dpm_solver":
+        return dpm_solver_plan(schedule, steps, skip, start)
     raise ValueError(f"sampler must be one of {SAMPLERS}. Received: sampler={sampler!r}")
 
 
@@ -159,16 +283,137 @@ def guided_output(conditional, unconditional, guidance):
     return (1.0 + guidance) * conditional - guidance * unconditional
 
 
-def denoise_step(x_t, model_output, coefficients, noise, prediction="epsilon", clip_denoised=True):
+def denoise_step(x_t, model_output, coefficients, noise, prediction="epsilon", clip_denoised=True, x0_prev=None):
     """One reverse step x_t -> x_{t_prev}; returns (x_{t_prev}, x0_hat).
 
-    `coefficients` is one row of `SamplerPlan.coefficients()`. With `clip_denoised`, x0_hat is
-    clipped to [-1, 1] and eps_hat recomputed from it (as improved-diffusion does), which for
-    DDPM is the paper code's mu-tilde(x_t, clip(x0_hat)).
+    `coefficients` is one row of `SamplerPlan.coefficients()` (or of `loop_coefficients()`,
+    whose 6th entry weights `x0_prev`, the previous step's x0_hat, for multistep solvers).
+    `noise` may be None for a deterministic step. With `clip_denoised`, x0_hat is clipped to
+    [-1, 1] and eps_hat recomputed from it (as improved-diffusion does), which for DDPM is the
+    paper code's mu-tilde(x_t, clip(x0_hat)).
     """
     sqrt_alpha_bar, sqrt_one_minus_alpha_bar, coef_x0, coef_eps, sigma = (coefficients[i] for i in range(5))
     x0, eps = predict_start_and_noise(model_output, x_t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, prediction)
     if clip_denoised:
         x0 = ops.clip(x0, -1.0, 1.0)
         eps = (x_t - sqrt_alpha_bar * x0) / sqrt_one_minus_alpha_bar
-    return coef_x0 * x0 + coef_eps * eps + sigma * noise, x0
+    x_prev = coef_x0 * x0 + coef_eps * eps
+    if noise is not None:
+        x_prev = x_prev + sigma * noise
+    if x0_prev is not None:
+        x_prev = x_prev + coefficients[5] * x0_prev
+    return x_prev, x0
+
+
+def reverse_steps(
+    model_fn,
+    x,
+    x0,
+    start,
+    stop,
+    timesteps,
+    coefficients,
+    noises=None,
+    known=None,
+    mask=None,
+    known_noises=None,
+    context=(),
+    prediction="epsilon",
+    clip_denoised=True,
+):
+    """Steps `start`..`stop - 1` of a plan as one `ops.fori_loop`; returns (x, x0_hat of the last step).
+
+    Pure and traceable (bounds may be tensors), so a backend can compile the whole chain.
+    Args:
+        model_fn: `model_fn(x_t, t, *context)` -> the network's output; t is int32 (N,).
+        x, x0: the current sample and the previous step's x0_hat (zeros before the first step).
+        timesteps, coefficients: `plan.timesteps` (int32) and `plan.loop_coefficients()`.
+        noises: None (deterministic) or z for steps start.. (shape (L, *x.shape), L >= stop - start).
+        known, mask, known_noises: inpainting by replacement: after each step, pixels where
+            `mask` is 1 are set to `known` noised to the next timestep with `known_noises`.
+    """
+    batch = ops.shape(x)[0]
+
+    def body(i, state):
+        x_t, x0_prev = state
+        row = ops.take(coefficients, i, axis=0)
+        t = ops.broadcast_to(ops.take(timesteps, i, axis=0), (batch,))
+        output = ops.cast(model_fn(x_t, t, *context), "float32")
+        noise = None if noises is None else ops.take(noises, i - start, axis=0)
+        x_next, x0_hat = denoise_step(x_t, output, row, noise, prediction, clip_denoised, x0_prev)
+        if known is not None:
+            noised = row[6] * known + row[7] * ops.take(known_noises, i - start, axis=0)
+            x_next = mask * noised + (1.0 - mask) * x_next
+        return x_next, x0_hat
+
+    return ops.fori_loop(start, stop, body, (x, x0))
+
+
+def draw_noises(plan, start, stop, length, shape, seed_generator, only_stochastic=True):
+    """z for steps start..stop - 1, zero-padded to `length`; one `keras.random.normal` per step in
+    order, skipping (zero) the steps with sigma = 0 when `only_stochastic`."""
+    zeros = ops.zeros(shape)
+    noises = [
+        keras.random.normal(shape, seed=seed_generator) if plan.sigma[i] > 0 or not only_stochastic else zeros
+        for i in range(start, stop)
+    ]
+    noises += [zeros] * (length - len(noises))
+    return ops.stack(noises)
+
+
+def _bucket(n):
+    return 1 << (int(n) - 1).bit_length()
+
+
+def run_plan(
+    run,
+    x,
+    plan,
+    seed_generator=None,
+    callback=None,
+    callback_steps=None,
+    known=None,
+    mask=None,
+    max_noise_bytes=2**28,
+    max_steps_per_call=None,
+):
+    """Runs a whole plan from x (= x at plan.timesteps[0]) through `run`, a (compiled or plain)
+    `reverse_steps` with model_fn, context and options bound; returns (x, x0_hat).
+
+    The chain runs in as few calls as possible: one, unless `callback(step, t, x, x0_hat)` must see
+    the steps in `callback_steps` (default: all), or the per-step noise for the whole chain would
+    take more than `max_noise_bytes` (then chunks of equal length, so one compilation serves all),
+    or `max_steps_per_call` is given (1: one call per step, the classic loop).
+    """
+    steps = len(plan)
+    # Zero rows pad the arrays to a power of two, so nearby step counts share one compilation.
+    padded = _bucket(steps)
+    timesteps = ops.convert_to_tensor(np.pad(plan.timesteps.astype(np.int32), (0, padded - steps)))
+    coefficients = ops.convert_to_tensor(np.pad(plan.loop_coefficients(), ((0, padded - steps), (0, 0))))
+    if callback is None:
+        callback_steps = []
+    elif callback_steps is None:
+        callback_steps = range(steps)
+    stops = {i + 1 for i in callback_steps if 0 <= i < steps} | {steps}
+    shape = tuple(ops.shape(x))
+    stochastic = plan.stochastic or known is not None
+    if stochastic:
+        per_step = int(np.prod(shape)) * 4 * (1 + (known is not None) + plan.stochastic)
+        chunk = max(1, max_noise_bytes // per_step)
+        stops |= set(range(chunk, steps, chunk))
+    if max_steps_per_call:
+        stops |= set(range(max_steps_per_call, steps, max_steps_per_call))
+    stops = sorted(stops)
+    length = _bucket(max(b - a for a, b in zip([0] + stops[:-1], stops)))
+    x0 = ops.zeros_like(x)
+    start = 0
+    for stop in stops:
+        noises = draw_noises(plan, start, stop, length, shape, seed_generator) if plan.stochastic else None
+        known_noises = None
+        if known is not None:
+            known_noises = draw_noises(plan, start, stop, length, shape, seed_generator, only_stochastic=False)
+        x, x0 = run(x, x0, start, stop, timesteps, coefficients, noises, known, mask, known_noises)
+        if callback is not None and stop - 1 in callback_steps:
+            callback(stop - 1, int(plan.timesteps[stop - 1]), x, x0)
+        start = stop
+    return x, x0

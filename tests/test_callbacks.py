@@ -152,7 +152,7 @@ def test_cli_train_fid_every_wires_a_callback_into_fit(tmp_path, monkeypatch):
     result = CliRunner(env={"KERAS_DDPM_CACHE": str(tmp_path / "cache")}).invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "step 2: FID " in result.output and "(4 generated vs 4 real images)" in result.output
-    (callback,) = passed
+    (callback,) = [c for c in passed if isinstance(c, FIDCallback)]  # beside the run's metrics, checkpoint... callbacks
     assert isinstance(callback, FIDCallback) and callback.every_n_steps == 2 and callback.num_samples == 4 and callback.steps == 2
     assert weights_asked == [("my/weights.h5", 4)]
     with open(out / "metrics.csv") as f:

@@ -93,8 +93,8 @@ def test_sample_rejects_bad_values(trained_run, tmp_path):
     out, _ = trained_run
     model = str(out / "model.keras")
     for args, message in [
-        (["--class-label", "12"], "Class labels must be in [0, 9]"),
-        (["--steps", "1000"], "exceeds the model's 100 training timesteps"),
+        (["--class-label", "12"], "Class label must be a whole number from 0 to 9"),
+        (["--steps", "1000"], "from 1 to 100 (the model's 100 training timesteps)"),
         (["--img_size", "64"], "does not match the model's image size 16"),
     ]:
         result = CliRunner().invoke(cli, ["sample", "--model", model, "--save-path", str(tmp_path / "x.png"), *args])
@@ -126,3 +126,22 @@ def test_cli_runs_as_a_program():
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "Error: Unknown preset 'nope'" in result.stderr
+
+
+def test_export_drops_the_optimizer_and_keeps_both_networks(trained_run, tmp_path):
+    out, _ = trained_run
+    source = load_model(str(out / "model.keras"))
+    for name, path in (("run", out), ("file", out / "model.keras")):
+        exported = tmp_path / f"{name}.keras"
+        result = CliRunner().invoke(cli, ["export", str(path), str(exported)])
+        assert result.exit_code == 0, result.output
+        assert "trained 3 steps" in result.output
+        saved = os.path.getsize(out / "model.keras") - os.path.getsize(exported)
+        assert saved >= 2 * 4 * source.network.count_params()  # Adam's two float32 moments left out
+        model = load_model(str(exported))
+        assert getattr(model, "optimizer", None) is None and model.config == source.config
+        for ours, theirs in ((model.network, source.network), (model.ema_network, source.ema_network)):
+            for a, b in zip(ours.get_weights(), theirs.get_weights()):
+                np.testing.assert_array_equal(a, b)
+    result = CliRunner().invoke(cli, ["export", str(tmp_path), str(tmp_path / "x.keras")])
+    assert result.exit_code == 1 and "holds neither model.keras nor a checkpoint" in result.output

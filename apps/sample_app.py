@@ -1,0 +1,285 @@
+"""The sampling app: a Gradio web UI over keras_ddpm's sampling modes.
+
+    python apps/sample_app.py [--model PATH ...] [--host 127.0.0.1] [--port 7860]
+
+It serves the models in saved_models/ and those given with --model, and nothing else: models load
+with Keras' safe mode, and uploaded files are only ever decoded as images by Pillow. The work is
+`keras_ddpm.sample_request` (the same code as `python cli.py sample`); every result shows the
+command line that draws it again.
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import zipfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)  # `python apps/sample_app.py` from anywhere
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home (and no internet here)
+
+import gradio as gr  # noqa: E402
+import keras  # noqa: E402
+
+import cli  # noqa: E402
+from keras_ddpm import sample_request  # noqa: E402
+from keras_ddpm.images import save_gif  # noqa: E402
+from keras_ddpm.images import save_image  # noqa: E402
+from keras_ddpm.sampling_modes import MODES  # noqa: E402
+
+MODE_LABELS = {
+    "normal": "normal", "denoising_process": "denoising process", "interpolation": "interpolation",
+    "coarse_to_fine": "coarse-to-fine", "sequence": "sequence", "inpainting": "inpainting",
+}  # fmt: skip
+ALL_CLASSES = "all (a column per class)"
+CSS = "#grid img, #gif img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"  # small tiles, sharp
+KEPT_RESULTS = 32  # result folders kept on disk; older ones are deleted
+
+
+class ModelRegistry:
+    """The models the app may load: saved_models/*.keras and the files given on the command line."""
+
+    def __init__(self, extra_paths=(), saved_models=cli.SAVED_MODELS):
+        shipped = sorted(os.path.join(saved_models, f) for f in os.listdir(saved_models) if f.endswith(".keras")) if os.path.isdir(saved_models) else []
+        for path in extra_paths:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"No model file at {path}.")
+        self.paths = list(dict.fromkeys(os.path.realpath(p) for p in [*extra_paths, *shipped]))  # the first is the default
+        self._models = {}
+        self._lock = threading.Lock()
+
+    def load(self, path):
+        """The model at `path`, loaded once (safe mode); any path not listed is refused."""
+        real = os.path.realpath(path) if isinstance(path, str) else None
+        if real not in self.paths:
+            raise ValueError("Choose one of the listed models; the app loads no other file.")
+        with self._lock:
+            if real not in self._models:
+                self._models[real] = cli.load_model_file(real)
+            return self._models[real]
+
+    def label(self, path):
+        relative = os.path.relpath(path, REPO)
+        return path if relative.startswith("..") else relative
+
+    def describe(self, path):
+        model = self.load(path)
+        unet, diffusion = model.config.unet, model.config.diffusion
+        return {
+            "model": self.label(path), "preset": model.config.name,
+            "image size": f"{unet.image_size}x{unet.image_size}x{unet.image_channels}",
+            "classes": unet.num_classes or "unconditional", "timesteps": diffusion.timesteps,
+            "prediction": diffusion.prediction, "parameters": f"{model.network.count_params():,}",
+        }  # fmt: skip
+
+
+class SamplingApp:
+    """Turns the form's values into a `SampleRequest`, runs it and writes the files to download."""
+
+    def __init__(self, registry, dataset="mnist_5k", max_images=64, work_dir=None):
+        self.registry = registry
+        self.dataset = dataset
+        self.max_images = max_images
+        self.work_dir = work_dir or tempfile.mkdtemp(prefix="keras_ddpm_app_")
+
+    def sample(self, model_path, mode, sampler, steps, eta, guidance, class_label, seed, num_images, n_frames,
+               upload1, index1, upload2, index2, interpolate_at, n_points, space, coarse_timesteps, mask, progress=None):  # fmt: skip
+        """Returns (grid PNG path, GIF path or None, files to download, settings JSON, CLI command);
+        a bad value raises ValueError with one sentence."""
+        model = self.registry.load(model_path)
+        required = {"Steps": steps, "Seed": seed, "The number of images": num_images, "Eta": eta, "Guidance": guidance}
+        for name, value in required.items():
+            if value is None or value == "":
+                raise ValueError(f"{name} is empty; enter a number.")
+        request = sample_request.SampleRequest(
+            mode=mode, sampler=sampler, steps=_whole(steps), eta=_number(eta, "eta"), guidance=_number(guidance, "guidance"),
+            class_label=None if class_label in (None, "", ALL_CLASSES) else _whole(class_label), seed=_whole(seed),
+            batch_size=_whole(num_images), n_frames=_whole(n_frames), dataset=self.dataset, image_idx1=_whole(index1),
+            image_idx2=_whole(index2), interpolate_at=None if interpolate_at in (None, "") else _whole(interpolate_at),
+            n_points=_whole(n_points), interpolation_space=space, coarse_timesteps=_timesteps(coarse_timesteps),
+            mask=(mask or "").strip() or None,
+        ).resolve(model, max_images=self.max_images)  # fmt: skip
+        size, channels = model.config.unet.image_size, model.config.unet.image_channels
+        count = sample_request.REAL_IMAGE_MODES.get(request.mode, 0)
+        uploads = [upload1, upload2][:count]
+        given = [None if not path else sample_request.load_image_file(path, size, channels) for path in uploads]
+        images = sample_request.real_images(model, request, given) if count else None
+
+        def report(done, total, chain):
+            if progress is not None:
+                progress((done, total), desc=f"chain {chain}: denoising step {done}/{total}", unit="steps")
+
+        result = sample_request.run(sample_request.StepReporter(model, report), request, images)
+        out = self._result_dir()
+        grid_path = save_image(result.grid(request.padding), os.path.join(out, "samples.png"))
+        gif_path = None
+        if result.frames is not None:
+            gif_path = save_gif(result.gif_frames(request.padding), os.path.join(out, "samples.gif"), request.frame_ms, request.hold_ms)
+        with zipfile.ZipFile(os.path.join(out, "tiles.zip"), "w") as archive:
+            for index, tile in enumerate(result.tiles):
+                archive.write(save_image(tile, os.path.join(out, "tiles", f"{index:04d}.png")), f"tiles/{index:04d}.png")
+        uploaded = any(g is not None for g in given)
+        command = request.command(self.registry.label(os.path.realpath(model_path)), os.path.basename(gif_path or grid_path),
+                                  dataset="UPLOADS_DIR" if uploaded else None)  # fmt: skip
+        if uploaded:
+            command += "\n# UPLOADS_DIR: a folder of the images used (the uploads and any dataset image), at the indices given."
+        settings = {"model": self.registry.label(os.path.realpath(model_path)), "backend": keras.backend.backend(), **request.settings()}
+        if count:
+            settings["uploads"] = [g is not None for g in given]
+        settings_path = os.path.join(out, "settings.json")
+        with open(settings_path, "w") as f:
+            json.dump(settings, f, indent=2)
+        files = [grid_path, *([gif_path] if gif_path else []), os.path.join(out, "tiles.zip"), settings_path]
+        return grid_path, gif_path, files, json.dumps(settings, indent=2), command
+
+    def _result_dir(self):
+        old = sorted((os.path.join(self.work_dir, d) for d in os.listdir(self.work_dir)), key=os.path.getmtime)
+        for path in old[: max(0, len(old) - KEPT_RESULTS + 1)]:
+            shutil.rmtree(path, ignore_errors=True)
+        return tempfile.mkdtemp(dir=self.work_dir)
+
+
+def _whole(value):
+    """A form number as an int (Gradio gives floats); other values go on to the request's checks."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return value
+
+
+def _number(value, name):
+    if not isinstance(value, (int, float)):
+        raise ValueError(f"{name[0].upper()}{name[1:]} must be a number. Received: {value!r}")
+    return value
+
+
+def _timesteps(text):
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise ValueError(f"Coarse-to-fine timesteps are comma-separated whole numbers. Received: {text!r}") from None
+
+
+def build_ui(app):
+    """The Gradio Blocks of `app` (a `SamplingApp`)."""
+    registry = app.registry
+    rows = [registry.describe(p) for p in registry.paths]
+    max_classes = max(int(m.num_classes or 0) for m in map(registry.load, registry.paths))
+    table = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
+    table += "\n".join("| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows)
+
+    def model_changed(path):
+        model = registry.load(path)
+        classes = model.num_classes or 0
+        return gr.update(choices=[ALL_CLASSES, *map(str, range(classes))], value=ALL_CLASSES, visible=bool(classes))
+
+    def mode_changed(mode):
+        real = sample_request.REAL_IMAGE_MODES.get(mode, 0)
+        return (
+            gr.update(value="ddpm" if mode in sample_request.STOCHASTIC_MODES else "ddim"),
+            gr.update(visible=mode in ("denoising_process", "sequence"), value=20 if mode == "denoising_process" else 10),
+            gr.update(visible=bool(real)), gr.update(visible=real == 2), gr.update(visible=mode == "interpolation"),
+            gr.update(visible=mode == "coarse_to_fine"), gr.update(visible=mode == "inpainting"),
+            gr.update(visible=mode == "denoising_process"),
+        )  # fmt: skip
+
+    def sample(*values, progress=gr.Progress()):
+        try:
+            return app.sample(*values, progress=progress)
+        except (ValueError, FileNotFoundError) as error:
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise gr.Error(message, print_exception=False) from None
+
+    with gr.Blocks(title="keras_ddpm sampling", analytics_enabled=False) as demo:
+        gr.Markdown(f"# keras_ddpm sampling\nDenoising diffusion models on Keras 3 (backend: **{keras.backend.backend()}**).")
+        gr.Markdown(table, elem_id="models")
+        with gr.Row():
+            with gr.Column(scale=1):
+                model = gr.Dropdown([(registry.label(p), p) for p in registry.paths], value=registry.paths[0], label="Model", elem_id="model")
+                mode = gr.Radio([(MODE_LABELS[m], m) for m in MODES], value="normal", label="Mode", elem_id="mode")
+                with gr.Row():
+                    sampler = gr.Dropdown(list(sample_request.SAMPLERS), value="ddim", label="Sampler", elem_id="sampler")
+                    steps = gr.Number(50, precision=0, label="Steps", elem_id="steps")
+                with gr.Row():
+                    eta = gr.Number(0.0, label="eta (DDIM; 0: deterministic)", elem_id="eta")
+                    guidance = gr.Number(0.0, label="Guidance w", elem_id="guidance")
+                initial_classes = registry.load(registry.paths[0]).num_classes or 0
+                class_label = gr.Dropdown([ALL_CLASSES, *map(str, range(max_classes))], value=ALL_CLASSES, label="Class label",
+                                          visible=bool(initial_classes), elem_id="class_label")  # fmt: skip
+                with gr.Row():
+                    seed = gr.Number(0, precision=0, label="Seed", elem_id="seed")
+                    random_seed = gr.Button("Random seed", elem_id="random_seed", size="sm")
+                with gr.Row():
+                    num_images = gr.Number(16, precision=0, label=f"Number of images (max {app.max_images})", elem_id="num_images")
+                    n_frames = gr.Number(20, precision=0, label="Frames", visible=False, elem_id="n_frames")
+                with gr.Group(visible=False) as real_group:
+                    gr.Markdown(f"Real images: upload one (any size or mode), or leave empty to use an index of `{app.dataset}`.")
+                    with gr.Row():
+                        upload1 = gr.File(label="Image 1", file_types=["image"], type="filepath", elem_id="upload1")
+                        index1 = gr.Number(0, precision=0, label="Image 1 index", elem_id="index1")
+                    with gr.Row(visible=False) as second_row:
+                        upload2 = gr.File(label="Image 2", file_types=["image"], type="filepath", elem_id="upload2")
+                        index2 = gr.Number(1, precision=0, label="Image 2 index", elem_id="index2")
+                    with gr.Row(visible=False) as interpolation_row:
+                        interpolate_at = gr.Number(None, precision=0, label="Noise to t (blank: T/2)", elem_id="interpolate_at")
+                        n_points = gr.Number(10, precision=0, label="Points", elem_id="n_points")
+                        space = gr.Radio(["pixel", "latent"], value="pixel", label="Space", elem_id="space")
+                    coarse = gr.Textbox(label="Timesteps, one row each (blank: T, 3T/4, T/2, T/4, T/10, T/40)", visible=False, elem_id="coarse")
+                    mask = gr.Textbox(label="Box to fill: x0,y0,x1,y1 (blank: the central half)", visible=False, elem_id="mask")
+                run_button = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column(scale=1):
+                grid = gr.Image(label="Samples", type="filepath", format="png", interactive=False, height=360, elem_id="grid")
+                gif = gr.Image(label="Denoising process", type="filepath", interactive=False, visible=False, height=360, elem_id="gif")
+                files = gr.File(label="Download", file_count="multiple", interactive=False, elem_id="files")
+                settings = gr.Code(label="Settings used", language="json", interactive=False, elem_id="settings")
+                command = gr.Code(label="The same images from the command line", language="shell", interactive=False, wrap_lines=True, lines=3, max_lines=6, elem_id="command")
+        model.change(model_changed, model, class_label, queue=False)
+        mode.change(mode_changed, mode, [sampler, n_frames, real_group, second_row, interpolation_row, coarse, mask, gif], queue=False)
+        random_seed.click(lambda: random.randint(0, sample_request.MAX_SEED), None, seed, queue=False)
+        inputs = [model, mode, sampler, steps, eta, guidance, class_label, seed, num_images, n_frames,
+                  upload1, index1, upload2, index2, interpolate_at, n_points, space, coarse, mask]  # fmt: skip
+        run_button.click(sample, inputs, [grid, gif, files, settings, command], concurrency_id="sampling")
+    return demo
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="A web app that samples keras_ddpm models.")
+    parser.add_argument("--model", action="append", default=[], help="A .keras file to serve as well as saved_models/ (repeatable).")
+    parser.add_argument("--host", default="127.0.0.1", help="Address to bind [default: localhost only]; 0.0.0.0 serves the network.")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--dataset", default="mnist_5k", help="Real images chosen by index (interpolation, coarse-to-fine, inpainting).")
+    parser.add_argument("--max-images", type=int, default=64, help="Most images one request may draw.")
+    parser.add_argument("--concurrency", type=int, default=1, help="Sampling requests run at once; the rest wait in the queue.")
+    parser.add_argument("--max-queue", type=int, default=32, help="Requests that may wait; more are turned away.")
+    return parser.parse_args(argv)
+
+
+def main(argv=None, block=True):
+    """Starts the app; with block=False returns (demo, url) and leaves the server running."""
+    args = parse_args(argv)
+    try:
+        registry = ModelRegistry(args.model)
+        if not registry.paths:
+            raise ValueError("No model to serve: saved_models/ holds no .keras file; pass --model PATH.")
+        for path in registry.paths:
+            registry.load(path)  # fail now, not on the first request
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+    demo = build_ui(SamplingApp(registry, args.dataset, args.max_images))
+    demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
+    _, url, _ = demo.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=not block, show_error=False,
+                            quiet=not block, footer_links=["gradio"], css=CSS)  # fmt: skip
+    return demo, url
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Sampling wall time per backend: the per-step loop vs. the compiled reverse loop (not a test).
+
+    python bench/bench_sampling.py --preset mnist --num-images 64
+
+Each backend runs in its own process. For each sampler, `generate(compile_loop=False)` dispatches
+one compiled step per call (the classic loop) and `generate()` runs the whole chain as one
+compiled program (XLA on TensorFlow and JAX, eager on PyTorch). Times exclude compilation (a
+warm-up call first); the compile column is the warm-up call's time.
+"""
+
+import argparse
+import json
+import sys
+import time
+
+from common import BACKENDS
+from common import run_per_backend
+from common import write_json
+CASES = (("ddim", 50), ("dpm_solver", 20))
+
+
+def measure(args):
+    import keras
+
+    import keras_ddpm
+
+    model = keras_ddpm.DiffusionModel.from_preset(args.preset, seed=0)
+    rows = []
+    for sampler, steps in CASES:
+        for compiled in (False, True):
+            options = dict(sampler=sampler, steps=steps, seed=0, compile_loop=compiled)
+            start = time.perf_counter()
+            model.generate(args.num_images, **options)
+            warm = time.perf_counter() - start
+            start = time.perf_counter()
+            model.generate(args.num_images, **options)
+            rows.append({"backend": keras.backend.backend(), "sampler": f"{sampler}-{steps}",
+                         "loop": "compiled" if compiled else "per-step", "seconds": time.perf_counter() - start,
+                         "first_call_seconds": warm})
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="mnist")
+    parser.add_argument("--num-images", type=int, default=64)
+    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args)))
+        return
+    found = run_per_backend(__file__, sys.argv[1:], args.backends.split(","))
+    rows = [row for backend_rows in found.values() for row in backend_rows]
+    print(f"preset {args.preset}: {args.num_images} images")
+    print(f"{'backend':<12}{'sampler':<16}{'per-step s':>12}{'compiled s':>12}{'speed-up':>10}{'1st call s':>12}")
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        for sampler in dict.fromkeys(r["sampler"] for r in rows):
+            pair = {r["loop"]: r for r in rows if r["backend"] == backend and r["sampler"] == sampler}
+            if len(pair) == 2:
+                a, b = pair["per-step"]["seconds"], pair["compiled"]["seconds"]
+                print(f"{backend:<12}{sampler:<16}{a:>12.2f}{b:>12.2f}{a / b:>9.2f}x{pair['compiled']['first_call_seconds']:>12.2f}")
+    write_json("bench_sampling.json", args, rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""One sampling request: the options of `python cli.py sample` as a frozen dataclass, checked
+against a model, run through `sampling_modes`, and written back as the equivalent command line.
+
+Shared by the CLI and the sampling app (apps/sample_app.py), so both draw the same images for the
+same options and seed:
+
+    request = SampleRequest(mode="normal", steps=20, seed=3).resolve(model)
+    result = run(model, request)
+    save_image(result.grid(), "samples.png")
+    print(request.command("saved_models/mnist.keras", "samples.png"))
+"""
+
+import dataclasses
+import math
+import os
+import shlex
+
+import numpy as np
+
+from keras_ddpm import samplers
+from keras_ddpm import sampling_modes as modes
+from keras_ddpm.images import make_grid
+from keras_ddpm.images import parse_box
+
+SAMPLERS = ("ddim", "ddpm", "dpm_solver")
+STOCHASTIC_MODES = ("coarse_to_fine", "inpainting")  # they default to the ddpm sampler
+REAL_IMAGE_MODES = {"interpolation": 2, "coarse_to_fine": 1, "inpainting": 1}  # mode -> real images used
+MAX_SEED = 2**31 - 1
+COMMON_OPTIONS = ("mode", "sampler", "steps", "eta", "skip", "variance", "guidance", "class_label", "seed", "batch_size", "padding")
+MODE_OPTIONS = {  # the options each mode reads besides the common ones (named as cli.py's, "_" for "-")
+    "normal": (),
+    "denoising_process": ("n_frames", "frame_ms", "hold_ms"),
+    "sequence": ("n_frames",),
+    "interpolation": ("dataset", "image_idx1", "image_idx2", "interpolate_at", "n_points", "interpolation_space"),
+    "coarse_to_fine": ("dataset", "image_idx1", "coarse_timesteps"),
+    "inpainting": ("dataset", "image_idx1", "mask"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleRequest:
+    """`cli.py sample`'s options (same names). `None` means the mode's or the sampler's default;
+    `resolve(model)` fills those in and checks every value against the model."""
+
+    mode: str = "normal"
+    sampler: str = None  # ddpm for coarse_to_fine and inpainting, ddim otherwise
+    steps: int = None  # 20 for dpm_solver, 50 otherwise
+    eta: float = 0.0
+    skip: str = None
+    variance: str = "fixed_small"
+    guidance: float = 0.0
+    class_label: int = None  # class-conditional models: None draws a column per class
+    seed: int = 0
+    batch_size: int = 16  # images of the grid, or samples per row (coarse_to_fine, inpainting)
+    n_frames: int = None  # denoising_process frames [20] / sequence columns [10]
+    padding: int = 2
+    dataset: str = "mnist_5k"  # real images of interpolation, coarse_to_fine and inpainting
+    image_idx1: int = 0
+    image_idx2: int = 1
+    interpolate_at: int = None
+    n_points: int = 10
+    interpolation_space: str = "pixel"
+    coarse_timesteps: tuple = None
+    mask: str = None  # inpainting box "x0,y0,x1,y1" [default: the central half]
+    frame_ms: int = 80
+    hold_ms: int = 2000
+
+    def resolve(self, model, max_images=1024):
+        """A copy with the defaults filled in; raises ValueError (one sentence) for a bad value."""
+        timesteps = model.schedule.timesteps
+        if self.mode not in modes.MODES:
+            raise ValueError(f"mode must be one of {', '.join(modes.MODES)}. Received: mode={self.mode!r}")
+        sampler = self.sampler or ("ddpm" if self.mode in STOCHASTIC_MODES else "ddim")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}. Received: sampler={sampler!r}")
+        steps = (20 if sampler == "dpm_solver" else 50) if self.steps is None else self.steps
+        _check_int("steps", steps, 1, timesteps, f" (the model's {timesteps} training timesteps)")
+        _check_int("the number of images", self.batch_size, 1, max_images)
+        _check_int("seed", self.seed, 0, MAX_SEED)
+        _check_int("padding", self.padding, 0, 64)
+        if not (isinstance(self.eta, (int, float)) and math.isfinite(self.eta) and self.eta >= 0):
+            raise ValueError(f"eta must be a number >= 0. Received: eta={self.eta!r}")
+        if not (isinstance(self.guidance, (int, float)) and math.isfinite(self.guidance)):
+            raise ValueError(f"guidance must be a finite number. Received: guidance={self.guidance!r}")
+        if self.class_label is not None:
+            if not model.num_classes:
+                raise ValueError("This model is unconditional; it takes no class label.")
+            _check_int("class label", self.class_label, 0, model.num_classes - 1)
+        n_frames = None  # only these two modes have frames
+        if self.mode in ("denoising_process", "sequence"):
+            n_frames = self.n_frames or {"denoising_process": 20, "sequence": 10}[self.mode]
+            _check_int("the number of frames", n_frames, 2, 200)
+        if self.mode == "interpolation":
+            _check_int("the number of interpolation points", self.n_points, 2, 64)
+            if self.interpolate_at is not None:
+                _check_int("the interpolation timestep", self.interpolate_at, 0, timesteps - 1)
+            if self.interpolation_space not in ("pixel", "latent"):
+                raise ValueError(f"The interpolation space must be pixel or latent. Received: {self.interpolation_space!r}")
+        coarse = None if self.coarse_timesteps is None else tuple(self.coarse_timesteps)
+        if coarse is not None:
+            if not coarse or min(coarse) < 0 or max(coarse) >= timesteps:
+                raise ValueError(f"Coarse-to-fine timesteps must lie in [0, {timesteps - 1}]. Received: {list(coarse)}")
+        for name in ("image_idx1", "image_idx2"):
+            _check_int(f"the image index ({name})", getattr(self, name), 0, 10**9)
+        if self.mode == "inpainting":
+            self.fill_mask(model.config.unet.image_size)  # raises for a bad box
+        return dataclasses.replace(self, sampler=sampler, steps=steps, n_frames=n_frames, coarse_timesteps=coarse)
+
+    def generate_options(self):
+        """The keyword arguments of `DiffusionModel.generate` (and of the `sampling_modes` functions)."""
+        return dict(
+            sampler=self.sampler, steps=self.steps, eta=self.eta, skip=self.skip, variance=self.variance,
+            guidance=self.guidance, class_labels=self.class_label,
+        )  # fmt: skip
+
+    def fill_mask(self, image_size):
+        """inpainting: (H, W, 1), 1 inside the box the model fills (default: the central half)."""
+        quarter = image_size // 4
+        return parse_box(self.mask or f"{quarter},{quarter},{image_size - quarter},{image_size - quarter}", image_size)
+
+    def settings(self):
+        """The options that matter to this mode (None left out), by name."""
+        names = COMMON_OPTIONS + MODE_OPTIONS[self.mode]
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    def command(self, model_path, save_path=None, dataset=None):
+        """The `python cli.py sample ...` line that draws the same images (options at their
+        defaults are left out). `dataset` overrides the request's (e.g. a folder of uploads)."""
+        defaults = SampleRequest()
+        settings = {**self.settings(), **({"dataset": dataset} if dataset and self.mode in REAL_IMAGE_MODES else {})}
+        args = ["python", "cli.py", "sample", "--model", model_path]
+        for name, value in settings.items():
+            if value != getattr(defaults, name) or name in ("mode", "sampler", "steps", "seed", "batch_size"):
+                args += ["--" + name.replace("_", "-"), ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
+        if save_path:
+            args += ["--save-path", save_path]
+        return shlex.join(args)
+
+
+def _check_int(name, value, low, high, why=""):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise ValueError(f"{name[0].upper()}{name[1:]} must be a whole number from {low} to {high}{why}. Received: {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleResult:
+    """tiles: uint8 (N, H, W, C) laid out `ncols` wide; frames: uint8 (F, N, H, W, C) of a
+    denoising process (its last frame is `tiles`), else None."""
+
+    tiles: np.ndarray
+    ncols: int = None
+    frames: np.ndarray = None
+
+    def grid(self, padding=2):
+        return make_grid(self.tiles, ncols=self.ncols, padding=padding)
+
+    def gif_frames(self, padding=2):
+        return np.stack([make_grid(frame, ncols=self.ncols, padding=padding) for frame in self.frames])
+
+
+def real_images(model, request, given=()):
+    """The real images a mode uses, float32 [-1, 1] (H, W, C) each: `given[i]` where it is not
+    None (e.g. an uploaded image), else image `image_idx{i + 1}` of `request.dataset`."""
+    count = REAL_IMAGE_MODES.get(request.mode, 0)
+    given = list(given) + [None] * (count - len(given))
+    indices = (request.image_idx1, request.image_idx2)
+    size, channels = model.config.unet.image_size, model.config.unet.image_channels
+    missing = [indices[i] for i in range(count) if given[i] is None]
+    loaded = iter(modes.load_real_images(request.dataset, missing, size, channels) if missing else [])
+    return [image if image is not None else next(loaded) for image in given[:count]]
+
+
+def load_image_file(path, image_size, image_channels, crop="center", max_pixels=50_000_000):
+    """An image file of any size or mode as the data pipeline converts a folder's images (decoded
+    to RGB, cropped, resized with antialiasing or 28 -> 32 padded, channels converted): float32
+    [-1, 1] (H, W, C). Only Pillow reads the file; an unreadable one raises ValueError."""
+    from PIL import Image
+
+    from keras_ddpm import data
+    from keras_ddpm import data_transforms
+
+    name = os.path.basename(path)
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > max_pixels:
+                raise ValueError(f"{name} has {image.width}x{image.height} pixels, more than {max_pixels:,}.")
+            rgb = np.asarray(image.convert("RGB"))
+    except ValueError:
+        raise
+    except Exception as error:  # Pillow raises many kinds for data that is not an image
+        raise ValueError(f"Could not read {name} as an image ({type(error).__name__}).") from None
+    tf = data.import_tensorflow()
+    image = data_transforms.crop_image(tf.constant(rgb), crop)
+    image = data_transforms.convert_channels(data_transforms.resize_image(image, image_size), image_channels)
+    return np.asarray(data_transforms.to_model_range(image))
+
+
+def run(model, request, images=None, fill_mask=None):
+    """Draws `request` (resolved) from `model`: `sampling_modes` does the work.
+
+    `images`: the mode's real images (see `real_images`; loaded from the dataset when None).
+    `fill_mask`: inpainting's (H, W, 1) mask (default: `request.fill_mask`).
+    """
+    options = request.generate_options()
+    mode, count, seed = request.mode, request.batch_size, request.seed
+    if mode in REAL_IMAGE_MODES and images is None:
+        images = real_images(model, request)
+    if mode in ("normal", "denoising_process", "sequence"):
+        labels, ncols = modes.class_grid_labels(model, count, request.class_label)
+        options["class_labels"] = labels
+    if mode == "normal":
+        return SampleResult(modes.normal(model, count, seed=seed, **options), ncols)
+    if mode == "denoising_process":
+        frames = modes.denoising_process(model, count, request.n_frames, seed=seed, **options)
+        return SampleResult(frames[-1], ncols, frames)
+    if mode == "sequence":
+        rows = modes.sequence(model, count, request.n_frames, seed=seed, **options)
+        return SampleResult(rows.reshape(-1, *rows.shape[2:]), rows.shape[1])
+    if mode == "interpolation":
+        tiles = modes.interpolation(
+            model, images[0], images[1], request.interpolate_at, request.n_points, request.interpolation_space, seed=seed, **options
+        )
+        return SampleResult(tiles, len(tiles))
+    if mode == "coarse_to_fine":
+        rows = modes.coarse_to_fine(model, images[0], request.coarse_timesteps, count, seed=seed, **options)
+        return SampleResult(rows.reshape(-1, *rows.shape[2:]), rows.shape[1])
+    mask = request.fill_mask(model.config.unet.image_size) if fill_mask is None else fill_mask
+    tiles = modes.inpainting(model, images[0], mask, count, seed=seed, **options)
+    return SampleResult(tiles, len(tiles))
+
+
+class StepReporter:
+    """A model whose every `generate` chain reports each step: `report(done, total, chain)`.
+
+    Wraps a `DiffusionModel` for `run` (attributes pass through); callbacks that the sampling
+    modes give still run at their own steps. Inpainting chains report their start and end only:
+    stopping after every step would draw the known region's noise in another order than one
+    call does, and the images would then differ from the CLI's for the same seed.
+    """
+
+    def __init__(self, model, report):
+        self._model = model
+        self._report = report
+        self.chains = 0
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def generate(self, num_images=None, noise=None, callback=None, callback_steps=None, **kwargs):
+        plan_options = {k: kwargs[k] for k in ("sampler", "steps", "eta", "skip", "variance") if k in kwargs}
+        total = len(samplers.make_plan(self._model.schedule, start=kwargs.get("start_timestep"), **plan_options))
+        wanted = None if callback_steps is None else set(callback_steps)
+        self.chains += 1
+        chain = self.chains
+        self._report(0, total, chain)
+        if kwargs.get("known_images") is not None:
+            images = self._model.generate(num_images, noise, callback=callback, callback_steps=callback_steps, **kwargs)
+            self._report(total, total, chain)
+            return images
+
+        def each_step(step, t, x, x0):
+            if callback is not None and (wanted is None or step in wanted):
+                callback(step, t, x, x0)
+            self._report(step + 1, total, chain)
+
+        return self._model.generate(num_images, noise, callback=each_step, callback_steps=None, **kwargs)
