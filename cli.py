@@ -124,11 +124,6 @@ def train(**options):
         jit = backend.default_jit_compile() if o["jit_compile"] is None else o["jit_compile"]
         model.compile(optimizer=model.optimizer if latest else None, jit_compile=jit, steps_per_execution=o["steps_per_execution"])
         start = int(model.optimizer.iterations)
-        write_json(os.path.join(out_dir, "config.json"), {
-            "dataset": o["dataset"], "seed": o["seed"], "backend": keras.backend.backend(),
-            "config": model.config.replace(train_steps=config.train.train_steps).to_dict(),
-            "options": {k: v for k, v in o.items() if k != "resume"},
-        })  # fmt: skip
         unet, train = model.config.unet, model.config.train
         dataset = data.make_dataset(
             o["dataset"], unet.image_size, unet.image_channels, config.train.batch_size, with_labels=bool(unet.num_classes),
@@ -136,6 +131,11 @@ def train(**options):
             seed=o["seed"] + start,  # a resumed run draws a new data order rather than replaying the first batches
             data_dir=o["data_dir"], crop=o["crop"], cache=None if o["cache"] == "none" else o["cache"],
         )  # fmt: skip
+        write_json(os.path.join(out_dir, "config.json"), {
+            "dataset": o["dataset"], "seed": o["seed"], "backend": keras.backend.backend(),
+            "config": model.config.replace(train_steps=config.train.train_steps).to_dict(),
+            "options": {k: v for k, v in o.items() if k != "resume"},
+        })  # fmt: skip
         writer = MetricsWriter(os.path.join(out_dir, "metrics.csv"), os.path.join(out_dir, "logs"), resume_step=start)
         callbacks = []
         if o["fid_every"]:

@@ -81,8 +81,10 @@ def test_info_prints_config_and_parameters(trained_run):
         (["train", "--preset", "tiny", "--dataset", "imagenet_9000"], "imagenet_9000"),
     ],
 )
-def test_user_errors_are_one_sentence(args, message):
-    result = CliRunner().invoke(cli, args)
+def test_user_errors_are_one_sentence(args, message, tmp_path):
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(cli, [*args, "--out", str(run_dir)] if args[0] == "train" else args)
+    assert not run_dir.exists()  # a bad option writes nothing
     assert result.exit_code == 1
     assert message in result.output
     assert "Traceback" not in result.output
