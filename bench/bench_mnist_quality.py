@@ -10,8 +10,8 @@
 3. Unconditional samples (the null label): the spread of predicted classes (a healthy model draws
    every digit, none above 20%).
 4. A Frechet distance in the classifier's 128-d penultimate features between samples and the 500
-   held-out real digits, beside the real-vs-real floor (500 real training digits against the
-   same 500).
+   held-out real digits, beside the real-vs-real floor (500 random real training digits against
+   the same 500; the training split is ordered by class, so they must be drawn at random).
 
 Prints a table and writes bench/bench_mnist_quality.json.
 """
@@ -19,14 +19,16 @@ Prints a table and writes bench/bench_mnist_quality.json.
 import argparse
 import json
 import os
+import sys
 import time
 
 import keras
 import numpy as np
 
-from keras_ddpm import data
-from keras_ddpm import fid
-from keras_ddpm import load_model
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from keras_ddpm import data  # noqa: E402
+from keras_ddpm import fid  # noqa: E402
+from keras_ddpm import load_model  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUIDANCE = (0.0, 1.0, 3.0)
@@ -93,7 +95,7 @@ def main():
         return float(fid.frechet_distance_from_features(features.predict(images, verbose=0), held_out_features))
 
     results = {"model": os.path.relpath(args.model, REPO), "backend": keras.backend.backend(), "args": vars(args),
-               "classifier_real_accuracy": real_accuracy, "guided": [], "fd_floor_real_vs_real": frechet(seen[:500])}
+               "classifier_real_accuracy": real_accuracy, "guided": [], "fd_floor_real_vs_real": frechet(seen[np.random.default_rng(args.seed).choice(len(seen), 500, replace=False)])}
     labels = np.repeat(np.arange(10), args.per_class)
     for guidance in GUIDANCE:
         start = time.perf_counter()
