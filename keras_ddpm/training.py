@@ -96,17 +96,22 @@ class ProgressBar(StepCallback):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self._first = None  # (step, time) after the first batch: compilation is not counted
-        self._printed = 0.0
+        self._printed, self._printed_step, self._last = 0.0, None, None
 
     def on_train_batch_end(self, batch, logs=None):
         super().on_train_batch_end(batch, logs)
         now = time.perf_counter()
         if self._first is None:
             self._first = (self.step, now)
+        self._last = (float(logs["loss"]), now)
         if now - self._printed >= self.interval or self.step >= self.total_steps:
-            self._printed = now
-            self.stream.write(self.line(float(logs["loss"]), now) + ("\r" if self.stream.isatty() else "\n"))
-            self.stream.flush()
+            self._write()
+
+    def _write(self):
+        loss, now = self._last
+        self._printed, self._printed_step = now, self.step
+        self.stream.write(self.line(loss, now) + ("\r" if self.stream.isatty() else "\n"))
+        self.stream.flush()
 
     def line(self, loss, now):
         done = self.step / self.total_steps
@@ -120,6 +125,8 @@ class ProgressBar(StepCallback):
         return text
 
     def on_train_end(self, logs=None):
+        if self._last is not None and self._printed_step != self.step:  # the step it stopped at
+            self._write()
         self.stream.write("\n")
 
 
