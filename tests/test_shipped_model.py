@@ -33,6 +33,6 @@ def test_it_draws_digits_quickly_and_reproducibly(model):
     # The training digits are white strokes on black, padded from 28x28 by 2 black pixels a side:
     # a trained model keeps the border black and draws some bright strokes; random weights do not.
     border = np.concatenate([images[:, :2].ravel(), images[:, -2:].ravel(), images[:, :, :2].ravel(), images[:, :, -2:].ravel()])
-    assert border.mean() < 40  # random weights give about 127
+    assert border.mean() < 40  # uniform noise would average about 127
     bright = (images > 128).mean(axis=(1, 2, 3))
     assert np.all((bright > 0.03) & (bright < 0.4))
