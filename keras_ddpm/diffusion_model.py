@@ -49,7 +49,7 @@ class DiffusionModel(keras.Model):
 
     def for_inference(self):
         """An uncompiled copy with the same trained and EMA weights and no optimizer state: what
-        ships (a third of a checkpoint's size with Adam's two moments left out)."""
+        ships (about half a checkpoint's size: Adam's two moments are left out)."""
         copy = type(self)(self.config, seed=self.seed)
         copy.network.set_weights(self.network.get_weights())
         copy.ema_network.set_weights(self.ema_network.get_weights())
