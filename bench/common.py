@@ -9,6 +9,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKENDS = ("tensorflow", "torch", "jax")
 
 
+def run_child(script, argv, backend, label):
+    """Runs `python script *argv` with KERAS_BACKEND=backend; returns the JSON its last line printed.
+
+    A child that fails is reported on stdout (with its stderr's tail) and gives None.
+    """
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, script, *argv], env=env, capture_output=True, text=True)
+    if out.returncode:
+        print(f"{label}: failed\n{out.stderr[-2000:]}", flush=True)
+        return None
+    print(f"{label}: done", flush=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def run_per_backend(script, argv, backends):
     """Runs `python script --child *argv` under each backend; returns {backend: the JSON its last line printed}.
 
@@ -16,13 +30,9 @@ def run_per_backend(script, argv, backends):
     """
     results = {}
     for backend in backends:
-        env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        out = subprocess.run([sys.executable, script, "--child", *argv], env=env, capture_output=True, text=True)
-        if out.returncode:
-            print(f"{backend}: failed\n{out.stderr[-2000:]}", flush=True)
-            continue
-        results[backend] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{backend}: done", flush=True)
+        result = run_child(script, ["--child", *argv], backend, backend)
+        if result is not None:
+            results[backend] = result
     return results
 
 

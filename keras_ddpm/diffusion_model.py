@@ -83,10 +83,11 @@ class DiffusionModel(keras.Model):
     def get_compile_config(self):
         if getattr(self, "optimizer", None) is None:  # not compiled
             return None
-        return {"optimizer": keras.saving.serialize_keras_object(self.optimizer)}
+        return {"optimizer": _portable_optimizer_config(keras.saving.serialize_keras_object(self.optimizer))}
 
     def compile_from_config(self, config):
-        self.compile(optimizer=keras.saving.deserialize_keras_object(config["optimizer"]))
+        optimizer_config = _portable_optimizer_config(config["optimizer"])
+        self.compile(optimizer=keras.saving.deserialize_keras_object(optimizer_config))
         self.optimizer.build(self.trainable_variables)  # so the saved optimizer state loads
 
     def call(self, inputs, training=False):
@@ -372,6 +373,19 @@ class DiffusionModel(keras.Model):
 def to_uint8(images):
     """[-1, 1] floats -> uint8 [0, 255]."""
     return np.clip(np.round((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def _portable_optimizer_config(config):
+    """Points a serialized optimizer at `keras.optimizers` instead of one backend's subclass.
+
+    Under PyTorch Keras records e.g. `keras.src.backend.torch.optimizers.torch_adam.Adam`, which
+    imports torch's optimizer code when the checkpoint is loaded on TensorFlow or JAX and fails
+    on the first step. The public class resolves to the right subclass on every backend.
+    """
+    module = config.get("module") or ""
+    if module.startswith("keras.src.backend."):
+        config = dict(config, module="keras.optimizers")
+    return config
 
 
 def load_model(path):
