@@ -205,3 +205,39 @@ def compile_loop(fn, variables, jit_compile=None):
 
         return with_tensor_bounds
     return compile_inference(fn, variables)
+
+
+# PyTorch kernels on NHWC tensors. Keras' torch backend makes an NCHW copy of every convolution's
+# input and hands back a permuted view, and composes GroupNorm from reductions: about 30% of a
+# CPU forward pass of ddpm_cifar10 (bench/bench_vs_diffusers.py). A contiguous NHWC tensor
+# permuted to NCHW *is* a channels_last tensor, which oneDNN and cuDNN convolve and normalise in
+# place, and whose result permuted back is a contiguous NHWC tensor again: no copies.
+
+
+def torch_conv2d_nhwc(x, kernel, padding, cache=None):
+    """Stride-1 2D convolution of NHWC `x` with a Keras (kh, kw, in, out) kernel; returns (y, cache).
+
+    Outside autograd (sampling) the kernel's copy in torch's (out, in, kh, kw) layout is kept in
+    `cache` (the caller holds it) until the variable changes (its storage, in-place version or
+    the dtype asked for), so a sampling chain makes it once instead of at every step.
+    """
+    import torch
+
+    value = getattr(kernel, "value", kernel)
+    if torch.is_grad_enabled() and value.requires_grad:
+        kernel = torch.permute(value, (3, 2, 0, 1)).to(x.dtype)
+    else:
+        key = (value.data_ptr(), value._version, x.dtype)
+        if cache is None or cache[:3] != key:
+            cache = (*key, torch.permute(value.detach(), (3, 2, 0, 1)).to(x.dtype).contiguous())
+        kernel = cache[3]
+    y = torch.nn.functional.conv2d(torch.permute(x, (0, 3, 1, 2)), kernel, padding=padding)
+    return torch.permute(y, (0, 2, 3, 1)), cache
+
+
+def torch_group_norm_nhwc(x, groups, gamma, beta, epsilon):
+    """GroupNorm over the last axis of NHWC `x` (computed in float32, as Keras' own layer does)."""
+    import torch
+
+    y = torch.nn.functional.group_norm(torch.permute(x, (0, 3, 1, 2)).float(), groups, gamma, beta, epsilon)
+    return torch.permute(y, (0, 2, 3, 1))

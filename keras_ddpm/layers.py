@@ -10,7 +10,46 @@ import math
 import keras
 from keras import layers, ops
 
+from keras_ddpm import backend
+
 GROUP_NORM_EPSILON = 1e-6  # tf.contrib.layers.group_norm's default, as in the paper's code
+
+
+@keras.saving.register_keras_serializable(package="keras_ddpm")
+class Conv2D(layers.Conv2D):
+    """`keras.layers.Conv2D` (same weights and results) that on PyTorch runs stride-1 convolutions
+    on the NHWC data without the backend's layout copies (`backend.torch_conv2d_nhwc`)."""
+
+    def convolution_op(self, inputs, kernel):
+        padding = self._torch_nhwc_padding()
+        if backend.backend_name() == "torch" and padding is not None:
+            cache = getattr(self, "_torch_kernel", None)
+            outputs, self._torch_kernel = backend.torch_conv2d_nhwc(inputs, kernel, padding, cache)
+            return outputs
+        return super().convolution_op(inputs, kernel)
+
+    def _torch_nhwc_padding(self):
+        odd = all(k % 2 for k in self.kernel_size)
+        plain = self.strides == (1, 1) and self.dilation_rate == (1, 1) and self.groups == 1
+        if not plain or self.data_format != "channels_last":
+            return None
+        if self.padding == "valid":
+            return 0
+        return tuple(k // 2 for k in self.kernel_size) if odd else None
+
+
+@keras.saving.register_keras_serializable(package="keras_ddpm")
+class GroupNorm(layers.GroupNormalization):
+    """`keras.layers.GroupNormalization` over the last axis; on PyTorch, one fused kernel on the
+    NHWC data (`backend.torch_group_norm_nhwc`) instead of Keras' reductions."""
+
+    def call(self, inputs):
+        last_axis = self.axis in (-1, len(inputs.shape) - 1)
+        if backend.backend_name() == "torch" and last_axis and len(inputs.shape) == 4 and self.scale and self.center:
+            gamma, beta = (ops.cast(ops.convert_to_tensor(w), "float32") for w in (self.gamma, self.beta))
+            y = backend.torch_group_norm_nhwc(inputs, self.groups, gamma, beta, self.epsilon)
+            return ops.cast(y, self.compute_dtype)
+        return super().call(inputs)
 
 
 @keras.saving.register_keras_serializable(package="keras_ddpm")
@@ -54,12 +93,12 @@ class ResidualBlock(layers.Layer):
         self.channels = channels
         self.num_groups = num_groups
         self.dropout = dropout
-        self.norm1 = layers.GroupNormalization(num_groups, epsilon=GROUP_NORM_EPSILON, name="norm1")
-        self.conv1 = layers.Conv2D(channels, 3, padding="same", name="conv1")
+        self.norm1 = GroupNorm(num_groups, epsilon=GROUP_NORM_EPSILON, name="norm1")
+        self.conv1 = Conv2D(channels, 3, padding="same", name="conv1")
         self.temb_proj = layers.Dense(channels, name="temb_proj")
-        self.norm2 = layers.GroupNormalization(num_groups, epsilon=GROUP_NORM_EPSILON, name="norm2")
+        self.norm2 = GroupNorm(num_groups, epsilon=GROUP_NORM_EPSILON, name="norm2")
         self.drop = layers.Dropout(dropout, name="dropout")
-        self.conv2 = layers.Conv2D(channels, 3, padding="same", kernel_initializer="zeros", name="conv2")
+        self.conv2 = Conv2D(channels, 3, padding="same", kernel_initializer="zeros", name="conv2")
         self.shortcut = None
 
     def build(self, input_shape):
@@ -76,11 +115,14 @@ class ResidualBlock(layers.Layer):
 
     def call(self, inputs, training=None):
         x, temb = inputs
-        h = self.conv1(ops.silu(self.norm1(x)))
-        h = h + self.temb_proj(ops.silu(temb))[:, None, None, :]
-        h = self.conv2(self.drop(ops.silu(self.norm2(h)), training=training))
+        # Sublayers run through `.call`: this block's `__call__` already set the dtype policy and
+        # training flag, and Keras' per-call bookkeeping is most of an eager (PyTorch) forward's
+        # Python time.
+        h = self.conv1.call(ops.silu(self.norm1.call(x)))
+        h = h + self.temb_proj.call(ops.silu(temb))[:, None, None, :]
+        h = self.conv2.call(self.drop.call(ops.silu(self.norm2.call(h)), training=training))
         if self.shortcut is not None:
-            x = self.shortcut(x)
+            x = self.shortcut.call(x)
         return x + h
 
     def compute_output_shape(self, input_shape):
@@ -106,7 +148,7 @@ class AttentionBlock(layers.Layer):
     def __init__(self, num_groups=32, **kwargs):
         super().__init__(**kwargs)
         self.num_groups = num_groups
-        self.norm = layers.GroupNormalization(num_groups, epsilon=GROUP_NORM_EPSILON, name="norm")
+        self.norm = GroupNorm(num_groups, epsilon=GROUP_NORM_EPSILON, name="norm")
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -121,12 +163,12 @@ class AttentionBlock(layers.Layer):
     def call(self, x):
         shape = ops.shape(x)
         height, width, channels = x.shape[1], x.shape[2], x.shape[3]
-        h = self.norm(x)
+        h = self.norm.call(x)  # sublayers through `.call`, as in ResidualBlock
         # (N, H*W, heads=1, C): the layout keras.ops.dot_product_attention expects.
-        q, k, v = (ops.reshape(dense(h), (-1, height * width, 1, channels)) for dense in (self.q, self.k, self.v))
+        q, k, v = (ops.reshape(dense.call(h), (-1, height * width, 1, channels)) for dense in (self.q, self.k, self.v))
         h = ops.dot_product_attention(q, k, v)  # scaled by 1/sqrt(C)
         h = ops.reshape(h, shape)
-        return x + self.proj_out(h)
+        return x + self.proj_out.call(h)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -142,13 +184,13 @@ class Downsample(layers.Layer):
     def __init__(self, channels, **kwargs):
         super().__init__(**kwargs)
         self.channels = channels
-        self.conv = layers.Conv2D(channels, 3, strides=2, padding="same", name="conv")
+        self.conv = Conv2D(channels, 3, strides=2, padding="same", name="conv")
 
     def build(self, input_shape):
         self.conv.build(input_shape)
 
     def call(self, x):
-        return self.conv(x)
+        return self.conv.call(x)
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)
@@ -165,14 +207,14 @@ class Upsample(layers.Layer):
         super().__init__(**kwargs)
         self.channels = channels
         self.upsample = layers.UpSampling2D(2, interpolation="nearest", name="upsample")
-        self.conv = layers.Conv2D(channels, 3, padding="same", name="conv")
+        self.conv = Conv2D(channels, 3, padding="same", name="conv")
 
     def build(self, input_shape):
         self.upsample.build(input_shape)
         self.conv.build((input_shape[0], input_shape[1] * 2, input_shape[2] * 2, input_shape[3]))
 
     def call(self, x):
-        return self.conv(self.upsample(x))
+        return self.conv.call(self.upsample.call(x))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[1] * 2, input_shape[2] * 2, self.channels)

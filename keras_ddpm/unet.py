@@ -17,6 +17,8 @@ from keras import layers, ops
 
 from keras_ddpm.layers import GROUP_NORM_EPSILON
 from keras_ddpm.layers import AttentionBlock
+from keras_ddpm.layers import Conv2D
+from keras_ddpm.layers import GroupNorm
 from keras_ddpm.layers import Downsample
 from keras_ddpm.layers import ResidualBlock
 from keras_ddpm.layers import SinusoidalEmbedding
@@ -43,7 +45,7 @@ def build_unet(config, name="unet"):
         return ResidualBlock(out_channels, config.num_groups, config.dropout, name=block_name)([x, temb])
 
     # Downsampling.
-    skips = [layers.Conv2D(ch, 3, padding="same", name="conv_in")(images)]
+    skips = [Conv2D(ch, 3, padding="same", name="conv_in")(images)]
     for level, mult in enumerate(config.channel_multipliers):
         for block in range(config.num_res_blocks):
             h = res_block(skips[-1], ch * mult, f"down{level}_block{block}")
@@ -70,7 +72,7 @@ def build_unet(config, name="unet"):
         if level != 0:
             h = Upsample(h.shape[-1], name=f"up{level}_upsample")(h)
 
-    h = layers.GroupNormalization(config.num_groups, epsilon=GROUP_NORM_EPSILON, name="norm_out")(h)
+    h = GroupNorm(config.num_groups, epsilon=GROUP_NORM_EPSILON, name="norm_out")(h)
     h = layers.Activation("silu", name="act_out")(h)
-    outputs = layers.Conv2D(channels, 3, padding="same", kernel_initializer="zeros", name="conv_out")(h)
+    outputs = Conv2D(channels, 3, padding="same", kernel_initializer="zeros", name="conv_out")(h)
     return keras.Model(inputs, outputs, name=name)

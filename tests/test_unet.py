@@ -1,5 +1,8 @@
 import math
 
+import contextlib
+
+import keras
 import numpy as np
 import pytest
 from keras import ops
@@ -8,6 +11,8 @@ from keras_ddpm import UNetConfig
 from keras_ddpm import build_unet
 from keras_ddpm import get_preset
 from keras_ddpm.layers import AttentionBlock
+from keras_ddpm.layers import Conv2D
+from keras_ddpm.layers import GroupNorm
 from keras_ddpm.layers import ResidualBlock
 from keras_ddpm.layers import SinusoidalEmbedding
 
@@ -80,3 +85,46 @@ def test_presets_carry_the_papers_training_settings():
     celeba = get_preset("ddim_celeba64")
     assert celeba.unet.channel_multipliers == (1, 2, 2, 2, 4) and celeba.unet.image_size == 64
     assert celeba.unet.attention_resolutions == (16,) and celeba.unet.dropout == 0.1
+
+
+@pytest.mark.parametrize("make", [
+    lambda cls: cls(6, 3, padding="same"),
+    lambda cls: cls(6, 1),
+    lambda cls: cls(6, 3, strides=2, padding="same"),
+], ids=["3x3", "1x1", "strided"])
+def test_our_conv_equals_keras_conv_and_follows_weight_changes(make):
+    # On PyTorch our Conv2D convolves NHWC data in place and, outside autograd, keeps the kernel
+    # in torch's layout until the variable changes; results must match Keras' layer throughout.
+    x = np.random.default_rng(0).standard_normal((2, 8, 8, 4)).astype("float32")
+    ours, reference = make(Conv2D), make(keras.layers.Conv2D)
+    ours.build(x.shape)
+    reference.build(x.shape)
+    for step in range(2):
+        for weight, ref_weight in zip(ours.weights, reference.weights):
+            value = np.random.default_rng(step).standard_normal(weight.shape).astype("float32")
+            weight.assign(value)
+            ref_weight.assign(value)
+        expected = ops.convert_to_numpy(reference(x))
+        np.testing.assert_allclose(ops.convert_to_numpy(ours(x)), expected, atol=1e-5)
+        with no_grad():  # the cached-kernel path on PyTorch
+            np.testing.assert_allclose(ops.convert_to_numpy(ours(x)), expected, atol=1e-5)
+
+
+def no_grad():
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()
+
+
+def test_our_group_norm_equals_keras_group_norm():
+    x = np.random.default_rng(0).standard_normal((2, 4, 4, 8)).astype("float32") * 3 + 1
+    ours, reference = GroupNorm(4, epsilon=1e-6), keras.layers.GroupNormalization(4, epsilon=1e-6)
+    ours.build(x.shape)
+    reference.build(x.shape)
+    for weight, ref_weight in zip(ours.weights, reference.weights):
+        value = np.random.default_rng(1).standard_normal(weight.shape).astype("float32")
+        weight.assign(value)
+        ref_weight.assign(value)
+    np.testing.assert_allclose(ops.convert_to_numpy(ours(x)), ops.convert_to_numpy(reference(x)), atol=1e-5)
