@@ -113,10 +113,39 @@ def _torch_train_step(model, data):
     variables = model.trainable_variables
     gradients = [v.value.grad for v in variables]
     with torch.no_grad():
-        model.optimizer.apply(gradients, variables)
+        _torch_apply_clipped(model.optimizer, gradients, variables)
         model.update_ema()
     model.loss_tracker.update_state(loss.detach())
     return {"loss": model.loss_tracker.result()}
+
+
+def _torch_apply_clipped(optimizer, gradients, variables):
+    """`optimizer.apply` with its global-norm clipping done by torch's multi-tensor kernels.
+
+    Keras clips tensor by tensor (a dozen small ops per weight, 2,000+ for ddpm_cifar10);
+    `torch._foreach_norm`/`_foreach_mul_` do the same scaling, clip / max(norm, clip), in two
+    calls. Loss-scaled (fp16) optimizers keep Keras' own path.
+    """
+    import torch
+
+    clip = getattr(optimizer, "global_clipnorm", None)
+    if not clip or hasattr(optimizer, "inner_optimizer"):
+        optimizer.apply(gradients, variables)
+        return
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gradients)))
+    torch._foreach_mul_(gradients, clip / torch.maximum(norm, torch.tensor(clip, device=norm.device)))
+    optimizer.global_clipnorm = None
+    try:
+        optimizer.apply(gradients, variables)
+    finally:
+        optimizer.global_clipnorm = clip
+
+
+def torch_ema_update(ema_values, values, decay):
+    """ema <- decay * ema + (1 - decay) * w for all weights in one multi-tensor lerp."""
+    import torch
+
+    torch._foreach_lerp_(ema_values, values, 1.0 - float(decay))
 
 
 def _jax_train_step(model, state, data):

@@ -173,7 +173,12 @@ class DiffusionModel(keras.Model):
 
     def update_ema(self):
         decay = self.ema_decay_at(self.optimizer.iterations) if getattr(self, "optimizer", None) else None
-        for ema_weight, weight in zip(self.ema_network.weights, self.network.weights):
+        pairs = list(zip(self.ema_network.weights, self.network.weights))
+        if backend.backend_name() == "torch":
+            decay = self.config.train.ema_decay if decay is None else decay
+            backend.torch_ema_update([e.value for e, _ in pairs], [w.value for _, w in pairs], decay)
+            return
+        for ema_weight, weight in pairs:
             ema_weight.assign(self.ema_update_value(ema_weight.value, weight.value, decay))
 
     def _seed_states(self):
