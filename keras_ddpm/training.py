@@ -132,7 +132,8 @@ class ProgressBar(StepCallback):
 
 class GracefulInterrupt:
     """The first Ctrl-C (SIGINT) or SIGTERM stops training after the current step (a checkpoint is
-    then saved); a second one interrupts at once. Only in the main thread."""
+    then saved); a second one interrupts at once. Only in the main thread. A SIGINT the process
+    ignores (a shell's background job, `nohup`) stays ignored; SIGTERM still stops such a run."""
 
     def __init__(self, model):
         self.model = model
@@ -149,7 +150,8 @@ class GracefulInterrupt:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc):

@@ -114,14 +114,28 @@ class SignalAt(keras.callbacks.Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
+def test_an_ignored_sigint_stays_ignored_and_sigterm_is_handled():
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with training.GracefulInterrupt(model=None) as interrupt:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) == interrupt._handle
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_ctrl_c_stops_after_the_step_and_saves_a_checkpoint(tmp_path, tiny_images, capsys):
     model = DiffusionModel.from_preset("tiny", seed=0)
     model.compile(run_eagerly=True)  # eager: these tests check numbers, not compilation (TF traces for ~20 s)
-    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
-    result = training.fit(model, tiny_images, 20, str(tmp_path), checkpoint_every=10, log_every=2, batch_size=8, callbacks=[SignalAt(3)])
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # SIG_IGN in a background job
+    try:
+        result = training.fit(model, tiny_images, 20, str(tmp_path), checkpoint_every=10, log_every=2, batch_size=8, callbacks=[SignalAt(3)])
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # our handler is removed again
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert result.interrupted and result.step == 3 and result.checkpoint.endswith("ckpt-00000003.keras")
     assert os.listdir(tmp_path / "checkpoints") == ["ckpt-00000003.keras"]
-    assert signal.getsignal(signal.SIGINT) == before  # our handler is removed again
     output = capsys.readouterr().out
     assert "SIGINT: stopping after this step" in output and "step 3/20" in output and "img/s" in output
     with open(tmp_path / "metrics.csv") as f:
