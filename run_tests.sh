@@ -8,7 +8,7 @@ status=0
 for backend in tensorflow torch jax; do
   echo "=== KERAS_BACKEND=$backend"
   start=$SECONDS
-  KERAS_BACKEND=$backend python -m pytest -q "$@" || status=1
+  KERAS_BACKEND=$backend python -m pytest -q --durations=10 "$@" || status=1
   echo "=== $backend: $((SECONDS - start)) s"
 done
 exit $status

@@ -1,11 +1,13 @@
 """Sampling wall time per backend: the per-step loop vs. the compiled reverse loop (not a test).
 
     python bench/bench_sampling.py --preset mnist --num-images 64
+    python bench/bench_sampling.py --cases ddpm:1000,ddim:50,dpm_solver:20 --loops compiled
 
 Each backend runs in its own process. For each sampler, `generate(compile_loop=False)` dispatches
 one compiled step per call (the classic loop) and `generate()` runs the whole chain as one
 compiled program (XLA on TensorFlow and JAX, eager on PyTorch). Times exclude compilation (a
-warm-up call first); the compile column is the warm-up call's time.
+warm-up call first; the last column is the warm-up call's time) unless `--no-warmup`, which
+times the first call, compilation included, for chains too long to run twice.
 """
 
 import argparse
@@ -16,7 +18,6 @@ import time
 from common import BACKENDS
 from common import run_per_backend
 from common import write_json
-CASES = (("ddim", 50), ("dpm_solver", 20))
 
 
 def measure(args):
@@ -26,14 +27,19 @@ def measure(args):
 
     model = keras_ddpm.DiffusionModel.from_preset(args.preset, seed=0)
     rows = []
-    for sampler, steps in CASES:
-        for compiled in (False, True):
+    for case in args.cases.split(","):
+        sampler, steps = case.split(":")
+        steps = int(steps)
+        for compiled in [loop == "compiled" for loop in args.loops.split(",")]:
             options = dict(sampler=sampler, steps=steps, seed=0, compile_loop=compiled)
             start = time.perf_counter()
             model.generate(args.num_images, **options)
             warm = time.perf_counter() - start
             start = time.perf_counter()
-            model.generate(args.num_images, **options)
+            if not args.no_warmup:
+                model.generate(args.num_images, **options)
+            else:  # the first call's time (compilation included) is the figure
+                start -= warm
             rows.append({"backend": keras.backend.backend(), "sampler": f"{sampler}-{steps}",
                          "loop": "compiled" if compiled else "per-step", "seconds": time.perf_counter() - start,
                          "first_call_seconds": warm})
@@ -44,7 +50,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="mnist")
     parser.add_argument("--num-images", type=int, default=64)
+    parser.add_argument("--cases", default="ddim:50,dpm_solver:20", help="sampler:steps, comma-separated")
+    parser.add_argument("--loops", default="per-step,compiled", help="per-step and/or compiled")
     parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--no-warmup", action="store_true", help="time the first call (compilation included); for long chains")
+    parser.add_argument("--json", default="bench_sampling.json", help="file name under bench/")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -57,10 +67,12 @@ def main():
     for backend in dict.fromkeys(r["backend"] for r in rows):
         for sampler in dict.fromkeys(r["sampler"] for r in rows):
             pair = {r["loop"]: r for r in rows if r["backend"] == backend and r["sampler"] == sampler}
-            if len(pair) == 2:
-                a, b = pair["per-step"]["seconds"], pair["compiled"]["seconds"]
-                print(f"{backend:<12}{sampler:<16}{a:>12.2f}{b:>12.2f}{a / b:>9.2f}x{pair['compiled']['first_call_seconds']:>12.2f}")
-    write_json("bench_sampling.json", args, rows)
+            a, b = (pair[loop]["seconds"] if loop in pair else None for loop in ("per-step", "compiled"))
+            first = next(iter(pair.values()))["first_call_seconds"] if b is None else pair["compiled"]["first_call_seconds"]
+            cells = [f"{v:>12.2f}" if v is not None else f"{'-':>12}" for v in (a, b)]
+            ratio = f"{a / b:>9.2f}x" if a and b else f"{'-':>10}"
+            print(f"{backend:<12}{sampler:<16}{cells[0]}{cells[1]}{ratio}{first:>12.2f}")
+    write_json(args.json, args, rows)
 
 
 if __name__ == "__main__":
