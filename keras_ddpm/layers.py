@@ -18,7 +18,11 @@ GROUP_NORM_EPSILON = 1e-6  # tf.contrib.layers.group_norm's default, as in the p
 @keras.saving.register_keras_serializable(package="keras_ddpm")
 class Conv2D(layers.Conv2D):
     """`keras.layers.Conv2D` (same weights and results) that on PyTorch runs stride-1 convolutions
-    on the NHWC data without the backend's layout copies (`backend.torch_conv2d_nhwc`)."""
+    on the NHWC data without the backend's layout copies (`backend.torch_conv2d_nhwc`).
+
+    Named as Keras' class on purpose (so is `GroupNormalization`): a `.keras` file keys a model's
+    layers by their snake-cased class name, so files saved with Keras' layers keep loading.
+    """
 
     def convolution_op(self, inputs, kernel):
         padding = self._torch_nhwc_padding()
@@ -39,7 +43,7 @@ class Conv2D(layers.Conv2D):
 
 
 @keras.saving.register_keras_serializable(package="keras_ddpm")
-class GroupNorm(layers.GroupNormalization):
+class GroupNormalization(layers.GroupNormalization):
     """`keras.layers.GroupNormalization` over the last axis; on PyTorch, one fused kernel on the
     NHWC data (`backend.torch_group_norm_nhwc`) instead of Keras' reductions."""
 
@@ -93,10 +97,10 @@ class ResidualBlock(layers.Layer):
         self.channels = channels
         self.num_groups = num_groups
         self.dropout = dropout
-        self.norm1 = GroupNorm(num_groups, epsilon=GROUP_NORM_EPSILON, name="norm1")
+        self.norm1 = GroupNormalization(num_groups, epsilon=GROUP_NORM_EPSILON, name="norm1")
         self.conv1 = Conv2D(channels, 3, padding="same", name="conv1")
         self.temb_proj = layers.Dense(channels, name="temb_proj")
-        self.norm2 = GroupNorm(num_groups, epsilon=GROUP_NORM_EPSILON, name="norm2")
+        self.norm2 = GroupNormalization(num_groups, epsilon=GROUP_NORM_EPSILON, name="norm2")
         self.drop = layers.Dropout(dropout, name="dropout")
         self.conv2 = Conv2D(channels, 3, padding="same", kernel_initializer="zeros", name="conv2")
         self.shortcut = None
@@ -148,7 +152,7 @@ class AttentionBlock(layers.Layer):
     def __init__(self, num_groups=32, **kwargs):
         super().__init__(**kwargs)
         self.num_groups = num_groups
-        self.norm = GroupNorm(num_groups, epsilon=GROUP_NORM_EPSILON, name="norm")
+        self.norm = GroupNormalization(num_groups, epsilon=GROUP_NORM_EPSILON, name="norm")
 
     def build(self, input_shape):
         channels = input_shape[-1]

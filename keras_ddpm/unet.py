@@ -18,7 +18,7 @@ from keras import layers, ops
 from keras_ddpm.layers import GROUP_NORM_EPSILON
 from keras_ddpm.layers import AttentionBlock
 from keras_ddpm.layers import Conv2D
-from keras_ddpm.layers import GroupNorm
+from keras_ddpm.layers import GroupNormalization
 from keras_ddpm.layers import Downsample
 from keras_ddpm.layers import ResidualBlock
 from keras_ddpm.layers import SinusoidalEmbedding
@@ -72,7 +72,7 @@ def build_unet(config, name="unet"):
         if level != 0:
             h = Upsample(h.shape[-1], name=f"up{level}_upsample")(h)
 
-    h = GroupNorm(config.num_groups, epsilon=GROUP_NORM_EPSILON, name="norm_out")(h)
+    h = GroupNormalization(config.num_groups, epsilon=GROUP_NORM_EPSILON, name="norm_out")(h)
     h = layers.Activation("silu", name="act_out")(h)
     outputs = Conv2D(channels, 3, padding="same", kernel_initializer="zeros", name="conv_out")(h)
     return keras.Model(inputs, outputs, name=name)

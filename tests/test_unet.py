@@ -12,7 +12,7 @@ from keras_ddpm import build_unet
 from keras_ddpm import get_preset
 from keras_ddpm.layers import AttentionBlock
 from keras_ddpm.layers import Conv2D
-from keras_ddpm.layers import GroupNorm
+from keras_ddpm.layers import GroupNormalization
 from keras_ddpm.layers import ResidualBlock
 from keras_ddpm.layers import SinusoidalEmbedding
 
@@ -120,7 +120,7 @@ def no_grad():
 
 def test_our_group_norm_equals_keras_group_norm():
     x = np.random.default_rng(0).standard_normal((2, 4, 4, 8)).astype("float32") * 3 + 1
-    ours, reference = GroupNorm(4, epsilon=1e-6), keras.layers.GroupNormalization(4, epsilon=1e-6)
+    ours, reference = GroupNormalization(4, epsilon=1e-6), keras.layers.GroupNormalization(4, epsilon=1e-6)
     ours.build(x.shape)
     reference.build(x.shape)
     for weight, ref_weight in zip(ours.weights, reference.weights):
