@@ -88,8 +88,7 @@ def test_a_model_saved_on_one_backend_loads_on_the_others(tmp_path):
         assert result["ema"] < 1e-4, (backend, result)
 
 
-@pytest.mark.parametrize("saved_module", ["keras.src.backend.torch.optimizers.torch_adam", "keras.optimizers"])
-def test_a_checkpoint_resumes_training_on_any_backend(tiny_images, saved_module):
+def test_a_checkpoint_resumes_training_on_any_backend(tiny_images):
     # Under PyTorch Keras records its torch-only Adam subclass; loading that on TensorFlow or JAX
     # used to fail on the first step. The saved config names the public class instead, and one
     # written by an earlier version is mended on load.
@@ -100,8 +99,9 @@ def test_a_checkpoint_resumes_training_on_any_backend(tiny_images, saved_module)
     assert saved["config"]["global_clipnorm"] == model.config.train.grad_clip
 
     resumed = DiffusionModel.from_preset("tiny", seed=0)
-    resumed.compile_from_config({"optimizer": dict(saved, module=saved_module)})
+    resumed.compile_from_config({"optimizer": dict(saved, module="keras.src.backend.torch.optimizers.torch_adam")})
     assert type(resumed.optimizer) is type(keras.optimizers.Adam())  # this backend's Adam
+    resumed.run_eagerly = keras.backend.backend() == "tensorflow"  # one step: TensorFlow would trace for ~20 s
     history = resumed.fit(tiny_images[:16], batch_size=16, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
     assert int(resumed.optimizer.iterations) == 1
