@@ -247,8 +247,8 @@ def torch_conv2d_nhwc(x, kernel, padding, cache=None):
     """Stride-1 2D convolution of NHWC `x` with a Keras (kh, kw, in, out) kernel; returns (y, cache).
 
     Outside autograd (sampling) the kernel's copy in torch's (out, in, kh, kw) layout is kept in
-    `cache` (the caller holds it) until the variable changes (its storage, in-place version or
-    the dtype asked for), so a sampling chain makes it once instead of at every step.
+    `cache` (the caller holds it) until the variable changes (its tensor, that tensor's in-place
+    version, or the dtype asked for), so a sampling chain makes it once instead of at every step.
     """
     import torch
 
@@ -256,9 +256,8 @@ def torch_conv2d_nhwc(x, kernel, padding, cache=None):
     if torch.is_grad_enabled() and value.requires_grad:
         kernel = torch.permute(value, (3, 2, 0, 1)).to(x.dtype)
     else:
-        key = (value.data_ptr(), value._version, x.dtype)
-        if cache is None or cache[:3] != key:
-            cache = (*key, torch.permute(value.detach(), (3, 2, 0, 1)).to(x.dtype).contiguous())
+        if cache is None or cache[0] is not value or cache[1] != value._version or cache[2] != x.dtype:
+            cache = (value, value._version, x.dtype, torch.permute(value.detach(), (3, 2, 0, 1)).to(x.dtype).contiguous())
         kernel = cache[3]
     y = torch.nn.functional.conv2d(torch.permute(x, (0, 3, 1, 2)), kernel, padding=padding)
     return torch.permute(y, (0, 2, 3, 1)), cache
