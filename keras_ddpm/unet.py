@@ -18,8 +18,8 @@ from keras import layers, ops
 from keras_ddpm.layers import GROUP_NORM_EPSILON
 from keras_ddpm.layers import AttentionBlock
 from keras_ddpm.layers import Conv2D
-from keras_ddpm.layers import GroupNormalization
 from keras_ddpm.layers import Downsample
+from keras_ddpm.layers import GroupNormalization
 from keras_ddpm.layers import ResidualBlock
 from keras_ddpm.layers import SinusoidalEmbedding
 from keras_ddpm.layers import Upsample
