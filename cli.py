@@ -12,8 +12,7 @@ import sys
 
 import click
 
-SAMPLERS = ("ddim", "ddpm")
-SAMPLE_SAMPLERS = ("ddim", "ddpm", "dpm_solver")
+SAMPLERS = ("ddim", "ddpm", "dpm_solver")  # sample_request.SAMPLERS, not imported: that loads Keras, slow for --help
 
 
 def user_errors(command):
@@ -221,7 +220,7 @@ def default_model_path():
 @cli.command()
 @click.option("--model", "--model_params", "model_path", default=None, help="A .keras file written by `train` [default: the model in saved_models/].")
 @click.option("--mode", type=click.Choice(["normal", "denoising_process", "interpolation", "coarse_to_fine", "sequence", "inpainting"]), default="normal", show_default=True)
-@click.option("--sampler", type=click.Choice(SAMPLE_SAMPLERS), default=None, help="[default: ddpm for coarse_to_fine and inpainting, ddim otherwise]")
+@click.option("--sampler", type=click.Choice(SAMPLERS), default=None, help="[default: ddpm for coarse_to_fine and inpainting, ddim otherwise]")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Denoising steps [default: 20 for dpm_solver, 50 otherwise].")
 @click.option("--eta", type=click.FloatRange(min=0), default=0.0, show_default=True, help="DDIM eta (0: deterministic).")
 @click.option("--skip", type=click.Choice(["uniform", "quadratic", "logsnr"]), default=None, help="Timestep spacing [default: uniform for ddim, logsnr for dpm_solver].")

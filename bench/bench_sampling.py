@@ -32,18 +32,19 @@ def measure(args):
         steps = int(steps)
         for compiled in [loop == "compiled" for loop in args.loops.split(",")]:
             options = dict(sampler=sampler, steps=steps, seed=0, compile_loop=compiled)
-            start = time.perf_counter()
-            model.generate(args.num_images, **options)
-            warm = time.perf_counter() - start
-            start = time.perf_counter()
-            if not args.no_warmup:
-                model.generate(args.num_images, **options)
-            else:  # the first call's time (compilation included) is the figure
-                start -= warm
+            first = _seconds(model.generate, args.num_images, **options)
+            # --no-warmup: the first call's time (compilation included) is the figure.
+            seconds = first if args.no_warmup else _seconds(model.generate, args.num_images, **options)
             rows.append({"backend": keras.backend.backend(), "sampler": f"{sampler}-{steps}",
-                         "loop": "compiled" if compiled else "per-step", "seconds": time.perf_counter() - start,
-                         "first_call_seconds": warm})
+                         "loop": "compiled" if compiled else "per-step", "seconds": seconds,
+                         "first_call_seconds": first})
     return rows
+
+
+def _seconds(fn, *args, **kwargs):
+    start = time.perf_counter()
+    fn(*args, **kwargs)
+    return time.perf_counter() - start
 
 
 def main():
@@ -68,7 +69,7 @@ def main():
         for sampler in dict.fromkeys(r["sampler"] for r in rows):
             pair = {r["loop"]: r for r in rows if r["backend"] == backend and r["sampler"] == sampler}
             a, b = (pair[loop]["seconds"] if loop in pair else None for loop in ("per-step", "compiled"))
-            first = next(iter(pair.values()))["first_call_seconds"] if b is None else pair["compiled"]["first_call_seconds"]
+            first = pair.get("compiled", next(iter(pair.values())))["first_call_seconds"]
             cells = [f"{v:>12.2f}" if v is not None else f"{'-':>12}" for v in (a, b)]
             ratio = f"{a / b:>9.2f}x" if a and b else f"{'-':>10}"
             print(f"{backend:<12}{sampler:<16}{cells[0]}{cells[1]}{ratio}{first:>12.2f}")

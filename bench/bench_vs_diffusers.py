@@ -175,14 +175,14 @@ def result(args, train_step_seconds, sample_seconds, rss):
     }
 
 
-def count_flops():
+def count_flops(args):
     import os
 
     os.environ.setdefault("KERAS_BACKEND", "torch")
     import keras_ddpm
     from keras_ddpm.flops import unet_forward_flops
 
-    return unet_forward_flops(keras_ddpm.DiffusionModel.from_preset("ddpm_cifar10").network)
+    return {"forward_flops": unet_forward_flops(keras_ddpm.DiffusionModel.from_preset("ddpm_cifar10").network)}
 
 
 def main():
@@ -196,11 +196,8 @@ def main():
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        measure = {"peak": measure_peak, "diffusers": measure_diffusers}.get(args.child, measure_keras)
-        if args.child == "flops":
-            print(json.dumps({"forward_flops": count_flops()}))
-        else:
-            print(json.dumps(measure(args)))
+        measure = {"flops": count_flops, "peak": measure_peak, "diffusers": measure_diffusers}.get(args.child, measure_keras)
+        print(json.dumps(measure(args)))
         return
 
     argv = [f"--{key.replace('_', '-')}={value}" for key, value in vars(args).items() if key not in ("variants", "child")]

