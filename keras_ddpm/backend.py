@@ -6,6 +6,7 @@ shared by all three) and compilation of inference functions.
 """
 
 import contextlib
+import math
 
 import keras
 
@@ -123,29 +124,74 @@ def _torch_train_step(model, data):
     variables = model.trainable_variables
     gradients = [v.value.grad for v in variables]
     with torch.no_grad():
-        _torch_apply_clipped(model.optimizer, gradients, variables)
+        _torch_apply(model.optimizer, gradients, variables)
         _torch_update_ema(model)
     model.loss_tracker.update_state(loss.detach())
     return {"loss": model.loss_tracker.result()}
 
 
-def _torch_apply_clipped(optimizer, gradients, variables):
-    """`optimizer.apply` with its global-norm clipping done by torch's multi-tensor kernels.
+def _torch_apply(optimizer, gradients, variables):
+    """`optimizer.apply(gradients, variables)` with torch's multi-tensor and fused kernels.
 
     Keras clips tensor by tensor (a dozen small ops per weight, 2,000+ for ddpm_cifar10);
     `torch._foreach_norm`/`_foreach_mul_` do the same scaling, clip / max(norm, clip), in two
-    calls. Loss-scaled (fp16) optimizers keep Keras' own path.
+    calls. On a CPU, torch runs Keras' multi-tensor Adam as about ten passes over every weight;
+    `torch._fused_adam_` makes one (`_torch_fused_adam`). Other optimizers take Keras' update
+    after the clipping, and loss-scaled (fp16) ones Keras' path throughout.
     """
     import torch
 
-    clip = getattr(optimizer, "global_clipnorm", None)
-    if not clip or hasattr(optimizer, "inner_optimizer"):
+    if hasattr(optimizer, "inner_optimizer"):
         optimizer.apply(gradients, variables)
         return
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gradients)))
-    torch._foreach_mul_(gradients, clip / torch.maximum(norm, torch.tensor(clip, device=norm.device)))
-    with _clipping_switched_off(optimizer):
-        optimizer.apply(gradients, variables)
+    clip = optimizer.global_clipnorm
+    if clip:
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gradients)))
+        torch._foreach_mul_(gradients, clip / torch.maximum(norm, torch.tensor(clip, device=norm.device)))
+    if not _fusable_adam(optimizer, variables):
+        with _clipping_switched_off(optimizer):
+            optimizer.apply(gradients, variables)
+        return
+    if not optimizer.built:
+        optimizer.build(variables)
+    optimizer._apply_weight_decay(variables)  # AdamW's decoupled decay, as Keras applies it
+    _torch_fused_adam(optimizer, gradients, variables)
+    optimizer.iterations.assign_add(1)
+
+
+def _fusable_adam(optimizer, variables):
+    """Keras' Adam or AdamW with none of the options `_torch_fused_adam` leaves out."""
+    plain = not (optimizer.amsgrad or optimizer.use_ema or optimizer.gradient_accumulation_steps)
+    uniform = len({(v.dtype, str(v.value.device)) for v in variables}) == 1 and variables[0].dtype == "float32"
+    no_constraints = all(v.constraint is None and not v.overwrite_with_gradient for v in variables)
+    return isinstance(optimizer, keras.optimizers.Adam) and plain and uniform and no_constraints
+
+
+def _torch_fused_adam(optimizer, gradients, variables):
+    """Keras' Adam step by `torch._fused_adam_`: m and v as both define them, and
+    w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps), Keras' epsilon (torch's kernel adds
+    its eps to sqrt(v) / sqrt(1 - b2^t), so it gets eps / sqrt(1 - b2^t))."""
+    import torch
+
+    step = float(optimizer.iterations) + 1
+    beta_1, beta_2 = float(optimizer.beta_1), float(optimizer.beta_2)
+    index = optimizer._get_variable_index
+    device = gradients[0].device
+    torch._fused_adam_(
+        [v.value for v in variables],
+        gradients,
+        [optimizer._momentums[index(v)].value for v in variables],
+        [optimizer._velocities[index(v)].value for v in variables],
+        [],
+        [torch.full((), step, device=device)] * len(variables),
+        lr=float(optimizer.learning_rate),
+        beta1=beta_1,
+        beta2=beta_2,
+        weight_decay=0.0,
+        eps=float(optimizer.epsilon) / math.sqrt(1.0 - beta_2**step),
+        amsgrad=False,
+        maximize=False,
+    )
 
 
 def _torch_update_ema(model):
@@ -246,18 +292,20 @@ def compile_loop(fn, variables, jit_compile=None):
 
 
 # PyTorch kernels on NHWC tensors. Keras' torch backend makes an NCHW copy of every convolution's
-# input and hands back a permuted view, and composes GroupNorm from reductions: about 30% of a
-# CPU forward pass of ddpm_cifar10 (bench/bench_vs_diffusers.py). A contiguous NHWC tensor
-# permuted to NCHW *is* a channels_last tensor, which oneDNN and cuDNN convolve and normalise in
-# place, and whose result permuted back is a contiguous NHWC tensor again: no copies.
+# input and hands back a permuted view, and composes GroupNorm from reductions: together about 230
+# of 824 ms of kernel time in torch.profiler's table of a CPU forward pass of ddpm_cifar10. A
+# contiguous NHWC tensor permuted to NCHW *is* a channels_last tensor, which oneDNN and cuDNN
+# convolve and normalise in place, and whose result permuted back is a contiguous NHWC tensor
+# again: no copies.
 
 
-def torch_conv2d_nhwc(x, kernel, padding, cache=None):
-    """Stride-1 2D convolution of NHWC `x` with a Keras (kh, kw, in, out) kernel; returns (y, cache).
+def torch_conv2d_nhwc(x, kernel, strides, padding, cache=None):
+    """2D convolution of NHWC `x` with a Keras (kh, kw, in, out) kernel; returns (y, cache).
 
-    Outside autograd (sampling) the kernel's copy in torch's (out, in, kh, kw) layout is kept in
-    `cache` (the caller holds it) until the variable changes (its tensor, that tensor's in-place
-    version, or the dtype asked for), so a sampling chain makes it once instead of at every step.
+    `padding` is (top, bottom, left, right) zeros. Outside autograd (sampling) the kernel's copy in
+    torch's (out, in, kh, kw) layout is kept in `cache` (the caller holds it) until the variable
+    changes (its tensor, that tensor's in-place version, or the dtype asked for), so a sampling
+    chain makes it once instead of at every step.
     """
     import torch
 
@@ -268,8 +316,20 @@ def torch_conv2d_nhwc(x, kernel, padding, cache=None):
         if cache is None or cache[0] is not value or cache[1] != value._version or cache[2] != x.dtype:
             cache = (value, value._version, x.dtype, torch.permute(value.detach(), (3, 2, 0, 1)).to(x.dtype).contiguous())
         kernel = cache[3]
-    y = torch.nn.functional.conv2d(torch.permute(x, (0, 3, 1, 2)), kernel, padding=padding)
+    x = torch.permute(x, (0, 3, 1, 2))
+    top, bottom, left, right = padding
+    if (top, left) != (bottom, right):  # TensorFlow's "same" with a stride: pad (channels_last kept)
+        x, top, left = torch.nn.functional.pad(x, (left, right, top, bottom)), 0, 0
+    y = torch.nn.functional.conv2d(x, kernel, stride=tuple(strides), padding=(top, left))
     return torch.permute(y, (0, 2, 3, 1)), cache
+
+
+def torch_upsample_nearest_nhwc(x, factor):
+    """Nearest-neighbour upsampling of NHWC `x` by an integer `factor` (torch's channels_last kernel)."""
+    import torch
+
+    y = torch.nn.functional.interpolate(torch.permute(x, (0, 3, 1, 2)), scale_factor=factor, mode="nearest")
+    return torch.permute(y, (0, 2, 3, 1))
 
 
 def torch_group_norm_nhwc(x, groups, gamma, beta, epsilon):

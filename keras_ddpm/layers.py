@@ -26,20 +26,27 @@ class Conv2D(layers.Conv2D):
     """
 
     def convolution_op(self, inputs, kernel):
-        padding = self._torch_nhwc_padding() if ON_TORCH else None
+        padding = self._torch_nhwc_padding(inputs.shape) if ON_TORCH else None
         if padding is None:
             return super().convolution_op(inputs, kernel)
-        outputs, self._torch_kernel = backend.torch_conv2d_nhwc(inputs, kernel, padding, getattr(self, "_torch_kernel", None))
+        cache = getattr(self, "_torch_kernel", None)
+        outputs, self._torch_kernel = backend.torch_conv2d_nhwc(inputs, kernel, self.strides, padding, cache)
         return outputs
 
-    def _torch_nhwc_padding(self):
-        odd = all(k % 2 for k in self.kernel_size)
-        plain = self.strides == (1, 1) and self.dilation_rate == (1, 1) and self.groups == 1
-        if not plain or self.data_format != "channels_last":
+    def _torch_nhwc_padding(self, input_shape):
+        """Keras' padding as (top, bottom, left, right) zeros; None where the NHWC path does not apply."""
+        if self.dilation_rate != (1, 1) or self.groups != 1 or self.data_format != "channels_last":
             return None
         if self.padding == "valid":
-            return 0
-        return tuple(k // 2 for k in self.kernel_size) if odd else None
+            return (0, 0, 0, 0)
+        pads = ()
+        for size, kernel_size, stride in zip(input_shape[1:3], self.kernel_size, self.strides):
+            if size is None:
+                return None
+            # "same" as TensorFlow pads: ceil(size / stride) outputs, the odd zero row/column after.
+            total = max((-(-size // stride) - 1) * stride + kernel_size - size, 0)
+            pads += (total // 2, total - total // 2)
+        return pads
 
 
 @keras.saving.register_keras_serializable(package="keras_ddpm")
@@ -218,7 +225,9 @@ class Upsample(layers.Layer):
         self.conv.build((input_shape[0], input_shape[1] * 2, input_shape[2] * 2, input_shape[3]))
 
     def call(self, x):
-        return self.conv.call(self.upsample.call(x))
+        # PyTorch: one nearest-neighbour kernel on the NHWC data (Keras' layer makes two copies).
+        x = backend.torch_upsample_nearest_nhwc(x, 2) if ON_TORCH else self.upsample.call(x)
+        return self.conv.call(x)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[1] * 2, input_shape[2] * 2, self.channels)

@@ -1,6 +1,7 @@
 """Optimisation and the training run: LR schedules, clipping, EMA warm-up, mixed precision, NaN stop, Ctrl-C."""
 
 import csv
+import dataclasses
 import math
 import os
 import signal
@@ -57,6 +58,41 @@ def test_gradient_clipping_bounds_the_update(tiny_images):
     clipped = one_step_change(tiny_images[:16], grad_clip=1e-12)
     assert free == pytest.approx(1e-3, rel=0.01)
     assert clipped < 1e-3 * 0.05
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw"])
+def test_torch_fused_update_is_keras_adam(kind):
+    # The PyTorch train step clips with multi-tensor kernels and updates with torch's fused Adam
+    # (backend._torch_apply); over warm-up steps, with clipping active, it must give Keras' result.
+    if keras.backend.backend() != "torch":
+        pytest.skip("the fused update is PyTorch's path; the other backends run Keras' own")
+    import torch
+
+    from keras_ddpm import backend
+
+    config = get_preset("tiny").train
+    config = dataclasses.replace(config, optimizer=kind, weight_decay=0.1 if kind == "adamw" else 0.0, warmup_steps=3, grad_clip=0.5)
+    rng = np.random.default_rng(0)
+    shapes = [(3, 3, 4, 8), (8,), (16, 8)]
+    start = [rng.standard_normal(shape).astype("float32") for shape in shapes]
+    runs = []
+    for fused in (True, False):
+        variables = [keras.Variable(value) for value in start]
+        optimizer = make_optimizer(config)
+        optimizer.epsilon = 0.3  # large enough that a wrong epsilon shows
+        optimizer.build(variables)
+        for step in range(4):
+            gradients = [torch.from_numpy(np.random.default_rng(step).standard_normal(s).astype("float32")) for s in shapes]
+            with torch.no_grad():
+                if fused:
+                    backend._torch_apply(optimizer, gradients, variables)
+                else:
+                    optimizer.apply(gradients, variables)
+        assert int(optimizer.iterations) == 4
+        runs.append([ops.convert_to_numpy(v) for v in variables + optimizer.variables])
+    for ours, keras_value in zip(*runs):
+        np.testing.assert_allclose(ours, keras_value, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(runs[0][0], start[0])
 
 
 def test_ema_warmup_copies_first_then_follows_the_formula(tiny_images):

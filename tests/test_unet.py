@@ -15,6 +15,7 @@ from keras_ddpm.layers import Conv2D
 from keras_ddpm.layers import GroupNormalization
 from keras_ddpm.layers import ResidualBlock
 from keras_ddpm.layers import SinusoidalEmbedding
+from keras_ddpm.layers import Upsample
 
 # Parameter counts of the papers' models (DDPM: 35.7M at 32x32 and 114M at 256x256;
 # DDIM's CelebA 64x64 model). The exact figures are those of the authors' architecture.
@@ -91,11 +92,14 @@ def test_presets_carry_the_papers_training_settings():
     lambda cls: cls(6, 3, padding="same"),
     lambda cls: cls(6, 1),
     lambda cls: cls(6, 3, strides=2, padding="same"),
-], ids=["3x3", "1x1", "strided"])
+    lambda cls: cls(6, 2, padding="same"),
+    lambda cls: cls(6, 3, strides=2),
+], ids=["3x3", "1x1", "strided", "even-kernel", "strided-valid"])
 def test_our_conv_equals_keras_conv_and_follows_weight_changes(make):
     # On PyTorch our Conv2D convolves NHWC data in place and, outside autograd, keeps the kernel
     # in torch's layout until the variable changes; results must match Keras' layer throughout.
-    x = np.random.default_rng(0).standard_normal((2, 8, 8, 4)).astype("float32")
+    # 8x8 and 7x7: a stride-2 "same" convolution pads them differently (TensorFlow's rule).
+    x = np.random.default_rng(0).standard_normal((2, 8, 7, 4)).astype("float32")
     ours, reference = make(Conv2D), make(keras.layers.Conv2D)
     ours.build(x.shape)
     reference.build(x.shape)
@@ -108,6 +112,17 @@ def test_our_conv_equals_keras_conv_and_follows_weight_changes(make):
         np.testing.assert_allclose(ops.convert_to_numpy(ours(x)), expected, atol=1e-5)
         with no_grad():  # the cached-kernel path on PyTorch
             np.testing.assert_allclose(ops.convert_to_numpy(ours(x)), expected, atol=1e-5)
+
+
+def test_our_upsample_is_keras_nearest_upsampling_then_the_conv():
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 4)).astype("float32")
+    block = Upsample(6)
+    block.build(x.shape)
+    for weight in block.weights:
+        weight.assign(np.random.default_rng(1).standard_normal(weight.shape).astype("float32"))
+    expected = block.conv(keras.layers.UpSampling2D(2)(x))
+    np.testing.assert_allclose(ops.convert_to_numpy(block(x)), ops.convert_to_numpy(expected), atol=1e-5)
+    assert block(x).shape == (2, 6, 10, 6)
 
 
 def no_grad():
