@@ -299,8 +299,8 @@ def compile_loop(fn, variables, jit_compile=None):
 # again: no copies.
 
 
-def torch_conv2d_nhwc(x, kernel, strides, padding, cache=None):
-    """2D convolution of NHWC `x` with a Keras (kh, kw, in, out) kernel; returns (y, cache).
+def torch_conv2d_nhwc(x, kernel, strides, padding, cache=None, bias=None):
+    """2D convolution of NHWC `x` with a Keras (kh, kw, in, out) kernel (and `bias`); returns (y, cache).
 
     `padding` is (top, bottom, left, right) zeros. Outside autograd (sampling) the kernel's copy in
     torch's (out, in, kh, kw) layout is kept in `cache` (the caller holds it) until the variable
@@ -310,17 +310,25 @@ def torch_conv2d_nhwc(x, kernel, strides, padding, cache=None):
     import torch
 
     value = getattr(kernel, "value", kernel)
+
+    def torch_layout(kernel):
+        # channels_last too: oneDNN convolves channels_last data with a channels_last kernel and
+        # would otherwise copy the kernel into that layout in the forward and the backward pass.
+        return torch.permute(kernel, (3, 2, 0, 1)).to(x.dtype).contiguous(memory_format=torch.channels_last)
+
     if torch.is_grad_enabled() and value.requires_grad:
-        kernel = torch.permute(value, (3, 2, 0, 1)).to(x.dtype)
+        kernel = torch_layout(value)
     else:
         if cache is None or cache[0] is not value or cache[1] != value._version or cache[2] != x.dtype:
-            cache = (value, value._version, x.dtype, torch.permute(value.detach(), (3, 2, 0, 1)).to(x.dtype).contiguous())
+            cache = (value, value._version, x.dtype, torch_layout(value.detach()))
         kernel = cache[3]
     x = torch.permute(x, (0, 3, 1, 2))
     top, bottom, left, right = padding
     if (top, left) != (bottom, right):  # TensorFlow's "same" with a stride: pad (channels_last kept)
         x, top, left = torch.nn.functional.pad(x, (left, right, top, bottom)), 0, 0
-    y = torch.nn.functional.conv2d(x, kernel, stride=tuple(strides), padding=(top, left))
+    if bias is not None:
+        bias = getattr(bias, "value", bias).to(x.dtype)
+    y = torch.nn.functional.conv2d(x, kernel, bias, stride=tuple(strides), padding=(top, left))
     return torch.permute(y, (0, 2, 3, 1)), cache
 
 

@@ -18,20 +18,22 @@ ON_TORCH = backend.backend_name() == "torch"  # Keras fixes its backend at impor
 
 @keras.saving.register_keras_serializable(package="keras_ddpm")
 class Conv2D(layers.Conv2D):
-    """`keras.layers.Conv2D` (same weights and results) that on PyTorch runs stride-1 convolutions
-    on the NHWC data without the backend's layout copies (`backend.torch_conv2d_nhwc`).
+    """`keras.layers.Conv2D` (same weights and results) that on PyTorch convolves the NHWC data,
+    bias included, without the backend's layout copies (`backend.torch_conv2d_nhwc`).
 
     Named as Keras' class on purpose (so is `GroupNormalization`): a `.keras` file keys a model's
     layers by their snake-cased class name, so files saved with Keras' layers keep loading.
     """
 
-    def convolution_op(self, inputs, kernel):
+    def call(self, inputs):
         padding = self._torch_nhwc_padding(inputs.shape) if ON_TORCH else None
         if padding is None:
-            return super().convolution_op(inputs, kernel)
+            return super().call(inputs)
+        # The bias goes into torch's convolution (Keras adds it after, one more pass each way).
+        bias = self.bias if self.use_bias else None
         cache = getattr(self, "_torch_kernel", None)
-        outputs, self._torch_kernel = backend.torch_conv2d_nhwc(inputs, kernel, self.strides, padding, cache)
-        return outputs
+        outputs, self._torch_kernel = backend.torch_conv2d_nhwc(inputs, self.kernel, self.strides, padding, cache, bias)
+        return outputs if self.activation is None else self.activation(outputs)
 
     def _torch_nhwc_padding(self, input_shape):
         """Keras' padding as (top, bottom, left, right) zeros; None where the NHWC path does not apply."""
