@@ -8,12 +8,9 @@ sampling step are warm-ups.
 """
 
 import argparse
-import json
-import sys
 import time
 
-from common import BACKENDS
-from common import run_per_backend
+from common import measure_per_backend
 from common import write_json
 
 
@@ -50,13 +47,7 @@ def main():
     parser.add_argument("--steps", type=int, default=10, help="timed training steps")
     parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
-    parser.add_argument("--backends", default=",".join(BACKENDS))
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        print(json.dumps(measure(args)))
-        return
-    found = run_per_backend(__file__, sys.argv[1:], args.backends.split(","))
+    args, found = measure_per_backend(parser, __file__, measure)
     rows = list(found.values())
     print(f"preset {args.preset}: train batch {args.batch_size}, sampling {args.num_images} images with DDIM-{args.sample_steps}")
     print(f"{'backend':<12}{'train s/step':>14}{'images/s':>10}{'sample s':>10}")

@@ -11,12 +11,9 @@ times the first call, compilation included, for chains too long to run twice.
 """
 
 import argparse
-import json
-import sys
 import time
 
-from common import BACKENDS
-from common import run_per_backend
+from common import measure_per_backend
 from common import write_json
 
 
@@ -53,15 +50,9 @@ def main():
     parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--cases", default="ddim:50,dpm_solver:20", help="sampler:steps, comma-separated")
     parser.add_argument("--loops", default="per-step,compiled", help="per-step and/or compiled")
-    parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--no-warmup", action="store_true", help="time the first call (compilation included); for long chains")
     parser.add_argument("--json", default="bench_sampling.json", help="file name under bench/")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        print(json.dumps(measure(args)))
-        return
-    found = run_per_backend(__file__, sys.argv[1:], args.backends.split(","))
+    args, found = measure_per_backend(parser, __file__, measure)
     rows = [row for backend_rows in found.values() for row in backend_rows]
     print(f"preset {args.preset}: {args.num_images} images")
     print(f"{'backend':<12}{'sampler':<16}{'per-step s':>12}{'compiled s':>12}{'speed-up':>10}{'1st call s':>12}")

@@ -1,5 +1,6 @@
 """What the benchmark scripts share: one child process per Keras backend (a backend is fixed at import)."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -21,6 +22,21 @@ def run_child(script, argv, backend, label):
         return None
     print(f"{label}: done", flush=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure_per_backend(parser, script, measure):
+    """Parses the command line (adding --backends and the children's hidden --child flag).
+
+    In a child, prints `measure(args)` as JSON and exits. Otherwise runs one child per backend
+    and returns (args, {backend: its result}).
+    """
+    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args)))
+        sys.exit(0)
+    return args, run_per_backend(script, sys.argv[1:], args.backends.split(","))
 
 
 def run_per_backend(script, argv, backends):
