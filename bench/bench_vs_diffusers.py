@@ -2,10 +2,13 @@
 
     pip install -r bench/requirements.txt
     python bench/bench_vs_diffusers.py --batch-size 8
+    # on a CUDA GPU (issue 9's setting; the machine lent to us has no TensorFlow):
+    python bench/bench_vs_diffusers.py --batch-size 128 --precision bfloat16 --variants peak,diffusers,torch,jax
 
 Runs, each in its own process (a Keras backend is fixed at import; a fresh process also gives
 each its own peak RSS), in one go:
-  peak         the machine's float32 matmul peak: the best of repeated torch.mm on 2048x2048.
+  peak         the machine's matmul peak in the benchmark's precision: the best of repeated torch.mm
+               on 2048x2048 float32 on a CPU, 8192x8192 on a GPU (bf16 there with --precision bfloat16).
   diffusers    `UNet2DModel` with the DDPM CIFAR-10 architecture (35.7M parameters, as ours),
                trained with torch's Adam on the same shapes and the same work per step as ours:
                epsilon MSE at uniform t, gradient clipping to norm 1, Adam, an EMA update
@@ -14,11 +17,16 @@ each its own peak RSS), in one go:
                `DiffusionModel.from_preset("ddpm_cifar10")` through `model.fit` (TensorFlow with
                and without `jit_compile`); inference is `model.generate(sampler="ddim")`.
 
+--precision bfloat16 is Keras' "mixed_bfloat16" policy (float32 weights, bf16 compute) and, for
+diffusers, `torch.autocast(dtype=torch.bfloat16)` over the forward pass and the loss: the usual
+way to train each in bf16. Everything runs on CUDA when torch (or JAX) sees a GPU.
+
 Training figures are images/s over `--train-steps` steps after `--warmup-steps` (compilation
 excluded); inference figures are image-forwards/s (batch x DDIM steps / wall time) of a second
 `generate` call. MFU = FLOPs an image (counted from our Keras model by `keras_ddpm.flops`; x3 for
 a training step) x images/s / the measured peak. RSS is each process's peak resident memory.
-Prints a table with each figure as a ratio to diffusers' and writes bench/bench_vs_diffusers.json.
+Prints a table with each figure as a ratio to diffusers' and writes bench/bench_vs_diffusers.json
+(bench/bench_vs_diffusers_cuda.json on a GPU).
 """
 
 import argparse
@@ -43,16 +51,36 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def torch_device():
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def synchronize():
+    """Waits for the GPU's queued work (CUDA kernels run asynchronously); nothing on a CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def measure_peak(args):
     import torch
 
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    device = torch_device()
+    n = 8192 if device == "cuda" else 2048
+    dtype = torch.bfloat16 if args.precision == "bfloat16" else torch.float32
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     best = float("inf")
     for _ in range(args.peak_repeats):
+        synchronize()
         start = time.perf_counter()
         torch.mm(a, b)
+        synchronize()
         best = min(best, time.perf_counter() - start)
-    return {"matmul_gflops": 2 * 2048**3 / best / 1e9, "threads": torch.get_num_threads()}
+    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    return {"matmul_gflops": 2 * n**3 / best / 1e9, "device": name, "dtype": str(dtype)}
 
 
 def diffusers_unet():
@@ -76,16 +104,20 @@ def measure_diffusers(args):
     from diffusers.training_utils import EMAModel
 
     torch.manual_seed(0)
-    unet = diffusers_unet()
+    device = torch_device()
+    unet = diffusers_unet().to(device)
     ema = EMAModel(unet.parameters(), decay=0.9999, foreach=True)
-    optimizer = torch.optim.Adam(unet.parameters(), lr=2e-4)
+    optimizer = torch.optim.Adam(unet.parameters(), lr=2e-4)  # torch's default: foreach on CUDA
     scheduler = DDPMScheduler(num_train_timesteps=1000)
-    images = torch.rand(args.batch_size, 3, 32, 32) * 2 - 1
+    images = torch.rand(args.batch_size, 3, 32, 32, device=device) * 2 - 1
+    bf16 = args.precision == "bfloat16"
 
     def train_step():
         noise = torch.randn_like(images)
-        t = torch.randint(0, 1000, (args.batch_size,))
-        loss = torch.nn.functional.mse_loss(unet(scheduler.add_noise(images, noise, t), t).sample, noise)
+        t = torch.randint(0, 1000, (args.batch_size,), device=device)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            prediction = unet(scheduler.add_noise(images, noise, t), t).sample
+            loss = torch.nn.functional.mse_loss(prediction.float(), noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -102,9 +134,12 @@ def measure_diffusers(args):
     @torch.no_grad()
     def sample():
         ddim.set_timesteps(args.sample_steps)
-        x = torch.randn(args.batch_size, 3, 32, 32)
+        x = torch.randn(args.batch_size, 3, 32, 32, device=device)
         for t in ddim.timesteps:
-            x = ddim.step(unet(x, t).sample, t, x).prev_sample
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                prediction = unet(x, t).sample
+            x = ddim.step(prediction.float(), t, x).prev_sample
+        synchronize()
         return x
 
     sample()
@@ -119,15 +154,19 @@ def measure_keras(args):
 
     import keras_ddpm
 
+    if args.precision == "bfloat16":
+        keras.config.set_dtype_policy("mixed_bfloat16")
     model = keras_ddpm.DiffusionModel.from_preset("ddpm_cifar10", seed=0)
     jit = {"tensorflow-xla": True, "tensorflow": False}.get(args.child)
     model.compile(jit_compile=jit)
     images = np.random.default_rng(0).uniform(-1, 1, (args.batch_size, 32, 32, 3)).astype("float32")
     steps = args.warmup_steps + args.train_steps
     # One `fit` call (a second call may build a new iterator and retrace); the clock starts when
-    # the last warm-up step ends.
+    # the last warm-up step ends. shuffle=False: the batches are copies of one batch, and Keras'
+    # shuffled gather of numpy arrays cost 8 ms a step on the GPU machine (38.4 against 30.2 ms).
     timer = make_step_timer()
-    model.fit(np.repeat(images, steps, axis=0), batch_size=args.batch_size, epochs=1, verbose=0, callbacks=[timer])
+    model.fit(np.repeat(images, steps, axis=0), batch_size=args.batch_size, epochs=1, verbose=0, callbacks=[timer],
+              shuffle=False)
     train_seconds = (timer.ends[-1] - timer.ends[args.warmup_steps - 1]) / args.train_steps
     rss = peak_rss_mib()
 
@@ -138,6 +177,7 @@ def measure_keras(args):
     row = result(args, train_seconds, time.perf_counter() - start, rss)
     row["jit_compile"] = bool(model.jit_compile)
     row["keras_backend"] = keras.backend.backend()
+    row["dtype_policy"] = keras.config.dtype_policy().name
     return row
 
 
@@ -161,9 +201,11 @@ def make_step_timer():
 def timed_steps(step, warmup, steps):
     for _ in range(warmup):
         step()
+    synchronize()
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    synchronize()
     return (time.perf_counter() - start) / steps
 
 
@@ -192,6 +234,7 @@ def main():
     parser.add_argument("--train-steps", type=int, default=8, help="timed training steps")
     parser.add_argument("--sample-steps", type=int, default=10, help="DDIM steps of the inference run")
     parser.add_argument("--peak-repeats", type=int, default=20)
+    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -211,10 +254,11 @@ def main():
 
 def report(args, rows):
     flops = rows.pop("flops")["forward_flops"]
-    peak = rows.pop("peak", {}).get("matmul_gflops")
+    machine = rows.pop("peak", {})
+    peak = machine.get("matmul_gflops")
     base = rows.get("diffusers")
-    print(f"\nddpm_cifar10 (35.7M parameters), batch {args.batch_size}; {flops / 1e9:.2f} GFLOPs a forward pass an image,"
-          f" x3 a training step; float32 matmul peak {peak:.1f} GFLOP/s" if peak else "")
+    print(f"\nddpm_cifar10 (35.7M parameters), batch {args.batch_size}, {args.precision}; {flops / 1e9:.2f} GFLOPs a forward"
+          f" pass an image, x3 a training step" + (f"; {machine['device']}, matmul peak {peak:.1f} GFLOP/s" if peak else ""))
     header = f"{'':<16}{'train img/s':>12}{'x diffusers':>12}{'MFU':>7}{'fwd img/s':>11}{'x diffusers':>12}{'MFU':>7}{'peak RSS MiB':>14}"
     print(header)
     for name, row in rows.items():
@@ -227,7 +271,9 @@ def report(args, rows):
         print(f"{name:<16}{train:>12.2f}{fmt(row['train_vs_diffusers'], '>11.2f')}x{fmt(row['train_mfu'], '>7.0%')}"
               f"{forward:>11.2f}{fmt(row['forward_vs_diffusers'], '>11.2f')}x{fmt(row['forward_mfu'], '>7.0%')}"
               f"{row['peak_rss_mib']:>14.0f}")
-    write_json("bench_vs_diffusers.json", args, {"forward_flops": flops, "matmul_peak_gflops": peak, "rows": rows})
+    gpu = "CPU" not in machine.get("device", "CPU")
+    write_json("bench_vs_diffusers_cuda.json" if gpu else "bench_vs_diffusers.json", args,
+               {"forward_flops": flops, "matmul_peak_gflops": peak, "device": machine.get("device"), "rows": rows})
 
 
 if __name__ == "__main__":

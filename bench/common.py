@@ -15,7 +15,8 @@ def run_child(script, argv, backend, label):
 
     A child that fails is reported on stdout (with its stderr's tail) and gives None.
     """
-    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))  # keep what the caller added
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "3"}
     out = subprocess.run([sys.executable, script, *argv], env=env, capture_output=True, text=True)
     if out.returncode:
         print(f"{label}: failed\n{out.stderr[-2000:]}", flush=True)
