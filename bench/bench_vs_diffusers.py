@@ -97,24 +97,22 @@ def diffusers_unet():
     )
 
 
-def measure_diffusers(args):
+def diffusers_train_step(batch_size, device, bf16):
+    """diffusers' training step on random images: returns (step, unet)."""
     import torch
-    from diffusers import DDIMScheduler
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
 
     torch.manual_seed(0)
-    device = torch_device()
     unet = diffusers_unet().to(device)
     ema = EMAModel(unet.parameters(), decay=0.9999, foreach=True)
     optimizer = torch.optim.Adam(unet.parameters(), lr=2e-4)  # torch's default: foreach on CUDA
     scheduler = DDPMScheduler(num_train_timesteps=1000)
-    images = torch.rand(args.batch_size, 3, 32, 32, device=device) * 2 - 1
-    bf16 = args.precision == "bfloat16"
+    images = torch.rand(batch_size, 3, 32, 32, device=device) * 2 - 1
 
     def train_step():
         noise = torch.randn_like(images)
-        t = torch.randint(0, 1000, (args.batch_size,), device=device)
+        t = torch.randint(0, 1000, (batch_size,), device=device)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             prediction = unet(scheduler.add_noise(images, noise, t), t).sample
             loss = torch.nn.functional.mse_loss(prediction.float(), noise)
@@ -125,6 +123,16 @@ def measure_diffusers(args):
         ema.step(unet.parameters())
 
     unet.train()
+    return train_step, unet
+
+
+def measure_diffusers(args):
+    import torch
+    from diffusers import DDIMScheduler
+
+    device = torch_device()
+    bf16 = args.precision == "bfloat16"
+    train_step, unet = diffusers_train_step(args.batch_size, device, bf16)
     train_seconds = timed_steps(train_step, args.warmup_steps, args.train_steps)
     rss = peak_rss_mib()
 
