@@ -70,7 +70,7 @@ def cli():
 @click.option("--class-cond/--no-class-cond", default=False, show_default=True, help="Condition on the dataset's labels (with label dropout for classifier-free guidance).")
 @click.option("--mixed-precision", type=click.Choice(["no", "bf16", "fp16"]), default="no", show_default=True, help="bf16 or fp16 compute (fp16 with dynamic loss scaling); weights, loss and schedule stay float32.")
 @click.option("--jit-compile/--no-jit-compile", default=None, help="XLA [default: on for JAX and for TensorFlow with a GPU].")
-@click.option("--steps-per-execution", type=click.IntRange(min=1), default=1, show_default=True, help="Steps per compiled call (TensorFlow, JAX).")
+@click.option("--steps-per-execution", type=click.IntRange(min=1), default=1, show_default=True, help="Steps between callbacks (TensorFlow, JAX); TensorFlow compiles them into one call.")
 @click.option("--distribute", type=click.Choice(["none", "mirrored", "data_parallel"]), default="none", show_default=True, help="Data parallel on all local devices: mirrored (TensorFlow) or data_parallel (JAX).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_dir", default="runs/default", show_default=True, help="Run directory: model.keras, checkpoints/, metrics.csv, logs/, samples/, config.json.")

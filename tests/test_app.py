@@ -1,8 +1,8 @@
 """The sampling app (apps/sample_app.py): its request handling, and the real app driven in
 headless Chromium (Debian's `chromium` through PyPI's `playwright`).
 
-KERAS_DDPM_SCREENSHOT=docs/app.png makes the browser test write the README's screenshot there
-(otherwise it goes to a temporary folder)."""
+KERAS_DDPM_SCREENSHOT=PATH keeps the browser test's screenshot there (otherwise it goes to a
+temporary folder); the README's screenshot of the shipped model is `docs/make_figures.py --app`."""
 
 import os
 import shlex
