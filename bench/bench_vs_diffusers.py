@@ -279,8 +279,9 @@ def report(args, rows):
         print(f"{name:<16}{train:>12.2f}{fmt(row['train_vs_diffusers'], '>11.2f')}x{fmt(row['train_mfu'], '>7.0%')}"
               f"{forward:>11.2f}{fmt(row['forward_vs_diffusers'], '>11.2f')}x{fmt(row['forward_mfu'], '>7.0%')}"
               f"{row['peak_rss_mib']:>14.0f}")
-    gpu = "CPU" not in machine.get("device", "CPU")
-    write_json("bench_vs_diffusers_cuda.json" if gpu else "bench_vs_diffusers.json", args,
+    import torch  # which file: the CPU figures and a GPU's are kept apart
+
+    write_json("bench_vs_diffusers_cuda.json" if torch.cuda.is_available() else "bench_vs_diffusers.json", args,
                {"forward_flops": flops, "matmul_peak_gflops": peak, "device": machine.get("device"), "rows": rows})
 
 

@@ -26,7 +26,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [BENCH, os.path.dirname(BENCH)]  # bench_vs_diffusers, and keras_ddpm from this checkout
 
 BATCH = 128
 TRACED_STEPS = 5
@@ -154,7 +155,10 @@ def main():
         return
     import keras
 
-    {"jax": profile_jax, "torch": profile_torch}[keras.backend.backend()](args)
+    profilers = {"jax": profile_jax, "torch": profile_torch}
+    if keras.backend.backend() not in profilers:
+        sys.exit(f"profile_gpu_step.py profiles KERAS_BACKEND=jax or torch, not {keras.backend.backend()}.")
+    profilers[keras.backend.backend()](args)
 
 
 if __name__ == "__main__":
