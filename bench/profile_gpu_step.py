@@ -116,9 +116,12 @@ def torch_kernel_ms(run):
 def profile_torch(args):
     model = keras_model()
     print(f"fit:     {fit_ms(model, args.batch_size, args.steps):.1f} ms a step", flush=True)
-    data = np.repeat(images(args.batch_size), TRACED_STEPS, axis=0)
-    print(f"kernels: {torch_kernel_ms(lambda n: model.fit(data, batch_size=args.batch_size, verbose=0, shuffle=False)):.1f}"
-          " ms a step", flush=True)
+    batch = images(args.batch_size)
+
+    def run(n):
+        model.fit(np.repeat(batch, n, axis=0), batch_size=args.batch_size, verbose=0, shuffle=False)
+
+    print(f"kernels: {torch_kernel_ms(run):.1f} ms a step", flush=True)
 
 
 def profile_diffusers(args):
