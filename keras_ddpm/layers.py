@@ -25,6 +25,13 @@ class Conv2D(layers.Conv2D):
     layers by their snake-cased class name, so files saved with Keras' layers keep loading.
     """
 
+    def add_weight(self, *args, **kwargs):
+        # PyTorch: the kernel keeps Keras' (kh, kw, in, out) shape, stored in the memory order of
+        # torch's channels_last (out, in, kh, kw) kernel (`backend.TorchConvKernelLayout`).
+        if ON_TORCH and kwargs.get("name") == "kernel" and self._torch_nhwc_applies():
+            kwargs["initializer"] = backend.TorchConvKernelLayout(keras.initializers.get(kwargs.get("initializer")))
+        return super().add_weight(*args, **kwargs)
+
     def call(self, inputs):
         padding = self._torch_nhwc_padding(inputs.shape) if ON_TORCH else None
         if padding is None:
@@ -35,9 +42,12 @@ class Conv2D(layers.Conv2D):
         outputs, self._torch_kernel = backend.torch_conv2d_nhwc(inputs, self.kernel, self.strides, padding, cache, bias)
         return outputs if self.activation is None else self.activation(outputs)
 
+    def _torch_nhwc_applies(self):
+        return self.dilation_rate == (1, 1) and self.groups == 1 and self.data_format == "channels_last"
+
     def _torch_nhwc_padding(self, input_shape):
         """Keras' padding as (top, bottom, left, right) zeros; None where the NHWC path does not apply."""
-        if self.dilation_rate != (1, 1) or self.groups != 1 or self.data_format != "channels_last":
+        if not self._torch_nhwc_applies():
             return None
         if self.padding == "valid":
             return (0, 0, 0, 0)

@@ -78,6 +78,10 @@ def test_torch_fused_update_is_keras_adam(kind):
     runs = []
     for fused in (True, False):
         variables = [keras.Variable(value) for value in start]
+        if fused:  # a convolution kernel in torch's memory order, as layers.Conv2D keeps it on PyTorch
+            layout = backend.TorchConvKernelLayout(keras.initializers.Constant(start[0]))
+            variables[0] = keras.Variable(layout, shape=shapes[0])
+            assert not variables[0].value.is_contiguous()
         optimizer = make_optimizer(config)
         optimizer.epsilon = 0.3  # large enough that a wrong epsilon shows
         optimizer.build(variables)
@@ -89,6 +93,8 @@ def test_torch_fused_update_is_keras_adam(kind):
                 else:
                     optimizer.apply(gradients, variables)
         assert int(optimizer.iterations) == 4
+        if fused:  # Adam's moments were given the kernel's memory order
+            assert optimizer.variables[2].value.stride() == variables[0].value.stride()
         runs.append([ops.convert_to_numpy(v) for v in variables + optimizer.variables])
     for ours, keras_value in zip(*runs):
         np.testing.assert_allclose(ours, keras_value, rtol=1e-5, atol=1e-7)

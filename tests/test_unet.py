@@ -114,6 +114,29 @@ def test_our_conv_equals_keras_conv_and_follows_weight_changes(make):
             np.testing.assert_allclose(ops.convert_to_numpy(ours(x)), expected, atol=1e-5)
 
 
+def test_conv_kernel_on_torch_is_kept_in_torch_layout_with_keras_values():
+    # PyTorch: the kernel has Keras' shape and initial values but torch's channels_last memory
+    # order, so the convolution views it without a copy and its gradient comes back in that order.
+    x = np.random.default_rng(0).standard_normal((2, 8, 8, 4)).astype("float32")
+    ours, reference = (cls(6, 3, padding="same", kernel_initializer=keras.initializers.GlorotUniform(seed=1))
+                       for cls in (Conv2D, keras.layers.Conv2D))
+    ours.build(x.shape)
+    reference.build(x.shape)
+    assert ours.kernel.shape == reference.kernel.shape == (3, 3, 4, 6)
+    np.testing.assert_array_equal(ops.convert_to_numpy(ours.kernel), ops.convert_to_numpy(reference.kernel))
+    if keras.backend.backend() != "torch":
+        return
+    import torch
+
+    kernel = ours.kernel.value
+    assert kernel.stride() == (12, 4, 1, 36)  # memory order (out, kh, kw, in)
+    assert torch.permute(kernel, (3, 2, 0, 1)).is_contiguous(memory_format=torch.channels_last)
+    ours(torch.from_numpy(x)).square().sum().backward()
+    reference(torch.from_numpy(x)).square().sum().backward()
+    assert kernel.grad.stride() == kernel.stride()
+    np.testing.assert_allclose(kernel.grad.numpy(), reference.kernel.value.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_our_upsample_is_keras_nearest_upsampling_then_the_conv():
     x = np.random.default_rng(0).standard_normal((2, 3, 5, 4)).astype("float32")
     block = Upsample(6)
