@@ -452,6 +452,14 @@ def torch_conv2d_nhwc(x, kernel, strides, padding, cache=None, bias=None):
     return torch.permute(y, (0, 2, 3, 1)), cache
 
 
+def torch_dense(x, kernel, bias):
+    """x @ kernel + bias over the last axis of `x`, as one `torch.addmm` over the other axes flattened."""
+    import torch
+
+    y = torch.addmm(bias, x.reshape(-1, x.shape[-1]), kernel)
+    return y.reshape(*x.shape[:-1], kernel.shape[-1])
+
+
 def torch_upsample_nearest_nhwc(x, factor):
     """Nearest-neighbour upsampling of NHWC `x` by an integer `factor` (torch's channels_last kernel)."""
     import torch

@@ -62,6 +62,19 @@ class Conv2D(layers.Conv2D):
 
 
 @keras.saving.register_keras_serializable(package="keras_ddpm")
+class Dense(layers.Dense):
+    """`keras.layers.Dense` that on PyTorch adds the bias inside the matrix product
+    (`backend.torch_dense`, one `addmm`; Keras adds it after, one more pass over the output)."""
+
+    def call(self, inputs, training=None):
+        plain = self.bias is not None and self.quantization_mode is None and not self.lora_enabled
+        if not (ON_TORCH and plain):
+            return super().call(inputs, training=training)
+        outputs = backend.torch_dense(inputs, self._kernel.value, self.bias.value)
+        return outputs if self.activation is None else self.activation(outputs)
+
+
+@keras.saving.register_keras_serializable(package="keras_ddpm")
 class GroupNormalization(layers.GroupNormalization):
     """`keras.layers.GroupNormalization` over the last axis; on PyTorch, one fused kernel on the
     NHWC data (`backend.torch_group_norm_nhwc`) instead of Keras' reductions."""
@@ -118,7 +131,7 @@ class ResidualBlock(layers.Layer):
         self.dropout = dropout
         self.norm1 = GroupNormalization(num_groups, epsilon=GROUP_NORM_EPSILON, name="norm1")
         self.conv1 = Conv2D(channels, 3, padding="same", name="conv1")
-        self.temb_proj = layers.Dense(channels, name="temb_proj")
+        self.temb_proj = Dense(channels, name="temb_proj")
         self.norm2 = GroupNormalization(num_groups, epsilon=GROUP_NORM_EPSILON, name="norm2")
         self.drop = layers.Dropout(dropout, name="dropout")
         self.conv2 = Conv2D(channels, 3, padding="same", kernel_initializer="zeros", name="conv2")
@@ -133,7 +146,7 @@ class ResidualBlock(layers.Layer):
         self.norm2.build(h_shape)
         self.conv2.build(h_shape)
         if x_shape[-1] != self.channels:
-            self.shortcut = layers.Dense(self.channels, name="nin_shortcut")
+            self.shortcut = Dense(self.channels, name="nin_shortcut")
             self.shortcut.build(x_shape)
 
     def call(self, inputs, training=None):
@@ -176,10 +189,10 @@ class AttentionBlock(layers.Layer):
     def build(self, input_shape):
         channels = input_shape[-1]
         self.norm.build(input_shape)
-        self.q = layers.Dense(channels, name="q")
-        self.k = layers.Dense(channels, name="k")
-        self.v = layers.Dense(channels, name="v")
-        self.proj_out = layers.Dense(channels, kernel_initializer="zeros", name="proj_out")
+        self.q = Dense(channels, name="q")
+        self.k = Dense(channels, name="k")
+        self.v = Dense(channels, name="v")
+        self.proj_out = Dense(channels, kernel_initializer="zeros", name="proj_out")
         for dense in (self.q, self.k, self.v, self.proj_out):
             dense.build(input_shape)
 

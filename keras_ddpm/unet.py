@@ -18,6 +18,7 @@ from keras import layers, ops
 from keras_ddpm.layers import GROUP_NORM_EPSILON
 from keras_ddpm.layers import AttentionBlock
 from keras_ddpm.layers import Conv2D
+from keras_ddpm.layers import Dense
 from keras_ddpm.layers import Downsample
 from keras_ddpm.layers import GroupNormalization
 from keras_ddpm.layers import ResidualBlock
@@ -34,8 +35,8 @@ def build_unet(config, name="unet"):
     inputs = [images, timesteps]
 
     temb = SinusoidalEmbedding(ch, name="timestep_embedding")(timesteps)
-    temb = layers.Dense(4 * ch, name="temb_dense0")(temb)
-    temb = layers.Dense(4 * ch, name="temb_dense1")(ops.silu(temb))
+    temb = Dense(4 * ch, name="temb_dense0")(temb)
+    temb = Dense(4 * ch, name="temb_dense1")(ops.silu(temb))
     if config.num_classes:
         labels = keras.Input((), dtype="int32", name="labels")
         inputs.append(labels)

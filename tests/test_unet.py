@@ -12,6 +12,7 @@ from keras_ddpm import build_unet
 from keras_ddpm import get_preset
 from keras_ddpm.layers import AttentionBlock
 from keras_ddpm.layers import Conv2D
+from keras_ddpm.layers import Dense
 from keras_ddpm.layers import GroupNormalization
 from keras_ddpm.layers import ResidualBlock
 from keras_ddpm.layers import SinusoidalEmbedding
@@ -135,6 +136,27 @@ def test_conv_kernel_on_torch_is_kept_in_torch_layout_with_keras_values():
     reference(torch.from_numpy(x)).square().sum().backward()
     assert kernel.grad.stride() == kernel.stride()
     np.testing.assert_allclose(kernel.grad.numpy(), reference.kernel.value.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (2, 4, 3, 5)], ids=["2d", "nhwc"])
+def test_our_dense_equals_keras_dense_with_gradients(shape):
+    # On PyTorch our Dense is one addmm (bias inside the product); values and gradients must be Keras'.
+    x = np.random.default_rng(0).standard_normal(shape).astype("float32")
+    ours, reference = (cls(6, bias_initializer="glorot_uniform", kernel_initializer=keras.initializers.GlorotUniform(seed=2))
+                       for cls in (Dense, keras.layers.Dense))
+    for layer in (ours, reference):
+        layer.build(x.shape)
+    ours.bias.assign(reference.bias)
+    np.testing.assert_allclose(ops.convert_to_numpy(ours(x)), ops.convert_to_numpy(reference(x)), rtol=1e-5, atol=1e-6)
+    assert ours(x).shape == (*shape[:-1], 6)
+    if keras.backend.backend() != "torch":
+        return
+    import torch
+
+    for layer in (ours, reference):
+        layer(torch.from_numpy(x)).square().sum().backward()
+    for weight, ref_weight in zip(ours.weights, reference.weights):
+        np.testing.assert_allclose(weight.value.grad.numpy(), ref_weight.value.grad.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_our_upsample_is_keras_nearest_upsampling_then_the_conv():
