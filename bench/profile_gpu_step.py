@@ -11,6 +11,7 @@ Batch 128, Keras' "mixed_bfloat16" policy (diffusers: bf16 autocast), as `bench_
             time one call takes to return (JAX dispatches asynchronously: this is host work);
   kernels   the GPU's busy time, the sum of kernel durations, from a profiler trace of 5 steps
             (jax.profiler's Perfetto trace, no Python tracer; torch.profiler on PyTorch).
+and below it the kernels grouped by name, the longest first, and how many ran under 10 us each.
 Wall well over kernels means the step waits on the host; kernels sets the ceiling for the MFU
 that `bench_vs_diffusers.py` prints.
 """
@@ -20,6 +21,7 @@ import glob
 import gzip
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -98,9 +100,28 @@ def profile_jax(args):
     kernels = [e for e in events if e.get("ph") == "X" and e["pid"] in gpus]
     busy = sum(e["dur"] for e in kernels) / TRACED_STEPS / 1e3  # trace times are microseconds
     print(f"kernels: {busy:.1f} ms a step ({len(kernels) // TRACED_STEPS} kernels)", flush=True)
+    print_kernel_table([(e["name"], e["dur"]) for e in kernels])
 
 
-def torch_kernel_ms(run):
+def print_kernel_table(kernels, rows=15, small_us=10.0):
+    """Kernels by name (numbered copies of one kind together, e.g. XLA's fusion.12 and fusion.40),
+    the longest first, and how many kernels ran under `small_us` each: (name, microseconds) pairs
+    from `TRACED_STEPS` steps."""
+    groups = {}
+    for name, duration in kernels:
+        kind = re.sub(r"[._]\d+$", "", name)
+        count, total = groups.get(kind, (0, 0.0))
+        groups[kind] = (count + 1, total + duration)
+    small = [duration for _, duration in kernels if duration < small_us]
+    print(f"         {len(small) // TRACED_STEPS} kernels a step ran under {small_us:.0f} us each, "
+          f"{sum(small) / TRACED_STEPS / 1e3:.1f} ms in all")
+    print(f"         {'kernel':<64}{'a step':>8}{'ms a step':>11}{'mean us':>9}")
+    for kind, (count, total) in sorted(groups.items(), key=lambda item: -item[1][1])[:rows]:
+        print(f"         {kind[:63]:<64}{count // TRACED_STEPS:>8}{total / TRACED_STEPS / 1e3:>11.2f}{total / count:>9.1f}")
+
+
+def torch_kernels(run):
+    """(kernel name, microseconds) of every CUDA kernel in `TRACED_STEPS` steps."""
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile
@@ -109,8 +130,14 @@ def torch_kernel_ms(run):
         run(TRACED_STEPS)
         torch.cuda.synchronize()
     # Kernels only: an aten op's device time is its kernels' again.
-    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
-    return sum(e.device_time_total for e in kernels) / TRACED_STEPS / 1e3
+    return [(e.name, e.device_time_total) for e in prof.events() if e.device_type.name == "CUDA"]
+
+
+def print_torch_kernels(run):
+    kernels = torch_kernels(run)
+    print(f"kernels: {sum(d for _, d in kernels) / TRACED_STEPS / 1e3:.1f} ms a step ({len(kernels) // TRACED_STEPS} kernels)",
+          flush=True)
+    print_kernel_table(kernels)
 
 
 def profile_torch(args):
@@ -121,7 +148,7 @@ def profile_torch(args):
     def run(n):
         model.fit(np.repeat(batch, n, axis=0), batch_size=args.batch_size, verbose=0, shuffle=False)
 
-    print(f"kernels: {torch_kernel_ms(run):.1f} ms a step", flush=True)
+    print_torch_kernels(run)
 
 
 def profile_diffusers(args):
@@ -140,7 +167,7 @@ def profile_diffusers(args):
     run(args.steps)
     torch.cuda.synchronize()
     print(f"wall:    {(time.perf_counter() - start) / args.steps * 1e3:.1f} ms a step", flush=True)
-    print(f"kernels: {torch_kernel_ms(run):.1f} ms a step", flush=True)
+    print_torch_kernels(run)
 
 
 def main():

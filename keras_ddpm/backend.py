@@ -7,6 +7,7 @@ shared by all three) and compilation of inference functions.
 
 import contextlib
 import math
+import operator
 import os
 
 import keras
@@ -154,7 +155,7 @@ def _torch_step_plan(model, variables):
     (walking Keras' layers and variable properties for them took about 8 ms a ddpm_cifar10 step);
     gathered again when the optimizer, its state or the trainable variables change."""
     plan = getattr(model, "_torch_plan", None)
-    if plan is None or plan.adam.key != _torch_adam_key(model.optimizer, variables):
+    if plan is None or not plan.adam.matches(model.optimizer, variables):
         plan = model._torch_plan = _TorchStepPlan(model, variables)
     return plan
 
@@ -164,10 +165,6 @@ class _TorchStepPlan:
         self.adam = _TorchAdamPlan(model.optimizer, variables)
         self.ema_weights = [weight.value for weight in model.ema_network.weights]
         self.network_weights = [weight.value for weight in model.network.weights]
-
-
-def _torch_adam_key(optimizer, variables):
-    return id(optimizer), optimizer.built, len(optimizer.variables), tuple(map(id, variables))
 
 
 class _TorchAdamPlan:
@@ -181,7 +178,9 @@ class _TorchAdamPlan:
     def __init__(self, optimizer, variables):
         if not optimizer.built:
             optimizer.build(variables)
-        self.key = _torch_adam_key(optimizer, variables)
+        # The objects themselves, not their ids: a new optimizer may reuse a freed one's id.
+        self.optimizer, self.variables = optimizer, list(variables)
+        self.num_optimizer_variables = len(optimizer.variables)
         self.weights = [v.value for v in variables]
         self.fused = _fusable_adam(optimizer, variables)
         if self.fused:
@@ -192,6 +191,15 @@ class _TorchAdamPlan:
                 for slot in slots
             )
             self.flat_weights = [_torch_flat(weight) for weight in self.weights]
+
+    def matches(self, optimizer, variables):
+        """Whether this plan still describes `optimizer` updating `variables`."""
+        return (
+            self.optimizer is optimizer
+            and len(optimizer.variables) == self.num_optimizer_variables
+            and len(variables) == len(self.variables)
+            and all(map(operator.is_, variables, self.variables))
+        )
 
 
 def _torch_flat(tensor, like=None):

@@ -101,6 +101,19 @@ def test_torch_fused_update_is_keras_adam(kind):
     assert not np.allclose(runs[0][0], start[0])
 
 
+def test_a_new_optimizer_after_compile_is_the_one_that_trains(tiny_images):
+    # The PyTorch step keeps its optimizer's tensors between steps; compiling again with a new
+    # optimizer must move that one's moments and counter.
+    model = DiffusionModel.from_preset("tiny", seed=0)
+    model.compile(run_eagerly=True)
+    model.fit(tiny_images[:8], batch_size=8, epochs=1, verbose=0)
+    model.compile(optimizer=make_optimizer(get_preset("tiny").train), run_eagerly=True)
+    model.fit(tiny_images[:16], batch_size=8, epochs=1, verbose=0)
+    assert int(model.optimizer.iterations) == 2
+    first_momentum = model.optimizer.variables[1]  # the first weight's Adam momentum
+    assert "momentum" in first_momentum.path and np.abs(ops.convert_to_numpy(first_momentum)).max() > 0
+
+
 def test_ema_warmup_copies_first_then_follows_the_formula(tiny_images):
     model = DiffusionModel.from_preset("tiny", seed=0, ema_warmup_power=0.75, ema_decay=0.999)
     decays = [float(ops.convert_to_numpy(model.ema_decay_at(n))) for n in (1, 2, 11, 10**6)]
