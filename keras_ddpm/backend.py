@@ -207,7 +207,7 @@ def _torch_flat(tensor, like=None):
     of a copy in `like`'s layout if the strides differ.
 
     `torch._fused_adam_` copies a non-contiguous gradient into Keras' contiguous order (it did
-    for each convolution kernel, 29 ms of a ddpm_cifar10 step); a weight, its gradient and its
+    for each convolution kernel, about 25 ms of a ddpm_cifar10 step); a weight, its gradient and its
     moments kept in one memory order have flat views that pair the same elements.
     """
     import torch
