@@ -70,7 +70,7 @@ class Dense(layers.Dense):
         plain = self.bias is not None and self.quantization_mode is None and not self.lora_enabled
         if not (ON_TORCH and plain):
             return super().call(inputs, training=training)
-        outputs = backend.torch_dense(inputs, self._kernel.value, self.bias.value)
+        outputs = backend.torch_dense(inputs, self.kernel.value, self.bias.value)
         return outputs if self.activation is None else self.activation(outputs)
 
 
