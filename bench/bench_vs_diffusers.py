@@ -22,19 +22,24 @@ diffusers, `torch.autocast(dtype=torch.bfloat16)` over the forward pass and the 
 way to train each in bf16. Everything runs on CUDA when torch (or JAX) sees a GPU.
 
 Training figures are images/s over `--train-steps` steps after `--warmup-steps` (compilation
-excluded); inference figures are image-forwards/s (batch x DDIM steps / wall time) of a second
-`generate` call. MFU = FLOPs an image (counted from our Keras model by `keras_ddpm.flops`; x3 for
-a training step) x images/s / the measured peak. RSS is each process's peak resident memory.
-Prints a table with each figure as a ratio to diffusers' and writes bench/bench_vs_diffusers.json
-(bench/bench_vs_diffusers_cuda.json on a GPU).
+excluded); inference figures are image-forwards/s (batch x DDIM steps / wall time) of the
+`generate` calls after the first (`--sample-repeats` of them). MFU = FLOPs an image (counted
+from our Keras model by `keras_ddpm.flops`; x3 for a training step) x images/s / the measured peak.
+RSS is each process's peak resident memory. Prints a table with each figure as a ratio to
+diffusers' and writes bench/bench_vs_diffusers.json (bench/bench_vs_diffusers_cuda.json on a GPU).
 
-The 2-core machine this project is developed on is shared: the same code's ratio to diffusers
-moved by 5% or more between runs. `--rounds N` runs the variants N times in turn (diffusers,
-then each backend, then again) and reports each one's median, with every round's figure kept
-in the JSON.
+The 2-core machine this project is developed on is shared, and its speed drifts: diffusers alone
+trained at 2.25 images/s in one round and 2.73 in the next, minutes apart. So on a CPU each Keras
+variant is paired (`--pair`, on by default without a GPU): a second process holds diffusers, and
+after each timed training step of the variant it runs one of its own (and one sampling run after
+each timed `generate`), each on its own clock. The "x diffusers" ratios are those of the pairs,
+which see the same machine (their summed times); the diffusers row stays its own run. `--rounds N`
+runs the variants N times in turn (diffusers, then each backend, then again) and reports each
+one's median, with every round's figure kept in the JSON.
 """
 
 import argparse
+import contextlib
 import json
 import resource
 import statistics
@@ -43,6 +48,7 @@ import time
 from common import run_child
 from common import write_json
 
+PARTNER_PREFIX = "partner: "  # the partner's answers, told apart from anything a library prints
 VARIANTS = {  # name: KERAS_BACKEND
     "peak": "torch",
     "diffusers": "torch",
@@ -132,23 +138,17 @@ def diffusers_train_step(batch_size, device, bf16):
     return train_step, unet
 
 
-def measure_diffusers(args):
+def diffusers_sampler(unet, batch_size, sample_steps, device, bf16):
+    """A function that runs diffusers' DDIM sampling loop once (`sample_steps` forward passes)."""
     import torch
     from diffusers import DDIMScheduler
 
-    device = torch_device()
-    bf16 = args.precision == "bfloat16"
-    train_step, unet = diffusers_train_step(args.batch_size, device, bf16)
-    train_seconds = timed_steps(train_step, args.warmup_steps, args.train_steps)
-    rss = peak_rss_mib()
-
     ddim = DDIMScheduler(num_train_timesteps=1000)
-    unet.eval()
 
     @torch.no_grad()
     def sample():
-        ddim.set_timesteps(args.sample_steps)
-        x = torch.randn(args.batch_size, 3, 32, 32, device=device)
+        ddim.set_timesteps(sample_steps)
+        x = torch.randn(batch_size, 3, 32, 32, device=device)
         for t in ddim.timesteps:
             with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
                 prediction = unet(x, t).sample
@@ -156,10 +156,95 @@ def measure_diffusers(args):
         synchronize()
         return x
 
+    return sample
+
+
+def measure_diffusers(args):
+    device = torch_device()
+    bf16 = args.precision == "bfloat16"
+    train_step, unet = diffusers_train_step(args.batch_size, device, bf16)
+    train_seconds = timed_steps(train_step, args.warmup_steps, args.train_steps)
+    rss = peak_rss_mib()
+
+    unet.eval()
+    sample = diffusers_sampler(unet, args.batch_size, args.sample_steps, device, bf16)
     sample()
     start = time.perf_counter()
     sample()
     return result(args, train_seconds, time.perf_counter() - start, rss)
+
+
+def serve_diffusers(args):
+    """The partner of a paired run: builds diffusers' training step and sampler, says "ready",
+    then for each line "train" or "sample" on stdin runs one (a training step, or a sampling run)
+    and answers its wall time in seconds, until stdin closes."""
+    import sys
+
+    device = torch_device()
+    bf16 = args.precision == "bfloat16"
+    train_step, unet = diffusers_train_step(args.batch_size, device, bf16)
+    sample = diffusers_sampler(unet, args.batch_size, args.sample_steps, device, bf16)
+    for _ in range(args.warmup_steps):
+        train_step()
+    with eval_mode(unet):
+        sample()
+    print(PARTNER_PREFIX + "ready", flush=True)
+    for line in sys.stdin:
+        start = time.perf_counter()
+        if line.strip() == "sample":
+            with eval_mode(unet):
+                sample()
+        else:
+            train_step()
+            synchronize()
+        print(f"{PARTNER_PREFIX}{time.perf_counter() - start}", flush=True)
+
+
+@contextlib.contextmanager
+def eval_mode(module):
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train()
+
+
+class DiffusersPartner:
+    """diffusers in a process of its own, run step by step in turn with the measured one.
+
+    The machines this is measured on are shared, and their speed drifts by 10% or more within a
+    minute; two runs one after the other compare the drift as much as the code. Adjacent steps
+    of a paired run see the same machine, so a drift that lasts longer than a step cancels out
+    of their ratio (a single pair still varies by about 10%: report the ratio of the sums).
+    """
+
+    def __init__(self, args):
+        import subprocess
+        import sys
+
+        argv = [f"--{key.replace('_', '-')}={value}" for key, value in vars(args).items()
+                if key in ("batch_size", "warmup_steps", "sample_steps", "precision")]
+        self.process = subprocess.Popen([sys.executable, __file__, *argv, "--child", "diffusers-partner"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.answer()  # "ready"
+        self.train_seconds, self.sample_seconds = [], []
+
+    def answer(self):
+        for line in self.process.stdout:
+            if line.startswith(PARTNER_PREFIX):
+                return line[len(PARTNER_PREFIX):].strip()
+        raise RuntimeError(f"the diffusers partner process ended (exit status {self.process.wait()})")
+
+    def run(self, what):
+        self.process.stdin.write(what + "\n")
+        self.process.stdin.flush()
+        seconds = float(self.answer())
+        (self.sample_seconds if what == "sample" else self.train_seconds).append(seconds)
+        return seconds
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
 
 
 def measure_keras(args):
@@ -178,38 +263,65 @@ def measure_keras(args):
     # One `fit` call (a second call may build a new iterator and retrace); the clock starts when
     # the last warm-up step ends. shuffle=False: the batches are copies of one batch, and Keras'
     # shuffled gather of numpy arrays cost 8 ms a step on the GPU machine (38.4 against 30.2 ms).
-    timer = make_step_timer()
+    partner = DiffusersPartner(args) if args.pair == "yes" else None
+    timer = make_step_timer(partner, args.warmup_steps)
     model.fit(np.repeat(images, steps, axis=0), batch_size=args.batch_size, epochs=1, verbose=0, callbacks=[timer],
               shuffle=False)
-    train_seconds = (timer.ends[-1] - timer.ends[args.warmup_steps - 1]) / args.train_steps
+    train_seconds = timer.seconds[args.warmup_steps - 1:]  # each step from the end of the one before
     rss = peak_rss_mib()
 
     options = dict(sampler="ddim", steps=args.sample_steps, seed=0)
     model.generate(args.batch_size, **options)
-    start = time.perf_counter()
-    model.generate(args.batch_size, **options)
-    row = result(args, train_seconds, time.perf_counter() - start, rss)
+    sample_seconds = []
+    for _ in range(args.sample_repeats):
+        start = time.perf_counter()
+        model.generate(args.batch_size, **options)
+        sample_seconds.append(time.perf_counter() - start)
+        if partner:
+            partner.run("sample")
+    row = result(args, statistics.mean(train_seconds), statistics.mean(sample_seconds), rss)
+    if partner:
+        partner.close()
+        row.update(paired_row(args, partner, train_seconds, sample_seconds))
     row["jit_compile"] = bool(model.jit_compile)
     row["keras_backend"] = keras.backend.backend()
     row["dtype_policy"] = keras.config.dtype_policy().name
     return row
 
 
-def make_step_timer():
+def make_step_timer(partner=None, warmup_steps=0):
     import keras
 
     class StepTimer(keras.callbacks.Callback):
-        """Records when each training step ends (reading the loss waits for JAX's async dispatch)."""
+        """Records each training step's wall time, from the end of the step before (reading the
+        loss waits for JAX's async dispatch). With a `DiffusersPartner`, runs one of its training
+        steps after each timed step, on a clock of its own."""
 
         def __init__(self):
             super().__init__()
-            self.ends = []
+            self.seconds = []
+            self.resumed = None
 
         def on_train_batch_end(self, batch, logs=None):
             float(logs["loss"])
-            self.ends.append(time.perf_counter())
+            if self.resumed is not None:
+                self.seconds.append(time.perf_counter() - self.resumed)
+            if partner and batch >= warmup_steps:
+                partner.run("train")
+            self.resumed = time.perf_counter()
 
     return StepTimer()
+
+
+def paired_row(args, partner, train_seconds, sample_seconds):
+    """diffusers' figures measured in turn with a Keras variant's, and the ratios of the pairs."""
+    return {
+        "paired_diffusers_train_images_per_s": args.batch_size / statistics.mean(partner.train_seconds),
+        "paired_diffusers_forward_images_per_s": args.batch_size * args.sample_steps / statistics.mean(partner.sample_seconds),
+        "paired_train_vs_diffusers": sum(partner.train_seconds) / sum(train_seconds),
+        "paired_forward_vs_diffusers": sum(partner.sample_seconds) / sum(sample_seconds),
+        "paired_train_vs_diffusers_steps": [p / s for p, s in zip(partner.train_seconds, train_seconds)],
+    }
 
 
 def timed_steps(step, warmup, steps):
@@ -252,13 +364,23 @@ def main():
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the variants this many times, in turn, and report each one's median")
+    parser.add_argument("--sample-repeats", type=int, default=2, help="timed `generate` calls of each Keras variant")
+    parser.add_argument("--pair", choices=["auto", "yes", "no"], default="auto",
+                        help="run diffusers in turn with each Keras variant, step by step (auto: on a CPU)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child == "diffusers-partner":
+        serve_diffusers(args)
+        return
     if args.child:
         measure = {"flops": count_flops, "peak": measure_peak, "diffusers": measure_diffusers}.get(args.child, measure_keras)
         print(json.dumps(measure(args)))
         return
 
+    if args.pair == "auto":
+        import torch
+
+        args.pair = "no" if torch.cuda.is_available() else "yes"
     argv = [f"--{key.replace('_', '-')}={value}" for key, value in vars(args).items()
             if key not in ("variants", "child", "rounds")]
     runs = {}  # name: its row in each round
@@ -277,10 +399,13 @@ def combine_rounds(rows):
     row = dict(rows[0])
     if len(rows) == 1:
         return row
-    for key in ("train_images_per_s", "forward_images_per_s"):
+    for key in ("train_images_per_s", "forward_images_per_s", "paired_diffusers_train_images_per_s",
+                "paired_diffusers_forward_images_per_s", "paired_train_vs_diffusers", "paired_forward_vs_diffusers"):
         if key in row:
             row[key] = statistics.median(r[key] for r in rows)
-            row[key.replace("_per_s", "_per_s_rounds")] = [r[key] for r in rows]
+            row[key + "_rounds"] = [r[key] for r in rows]
+    if "paired_train_vs_diffusers_steps" in row:
+        row["paired_train_vs_diffusers_steps"] = [ratio for r in rows for ratio in r["paired_train_vs_diffusers_steps"]]
     if "matmul_gflops" in row:
         row["matmul_gflops"] = max(r["matmul_gflops"] for r in rows)
     if "peak_rss_mib" in row:
@@ -297,10 +422,13 @@ def report(args, rows):
           f" pass an image, x3 a training step" + (f"; {machine['device']}, matmul peak {peak:.1f} GFLOP/s" if peak else ""))
     header = f"{'':<16}{'train img/s':>12}{'x diffusers':>12}{'MFU':>7}{'fwd img/s':>11}{'x diffusers':>12}{'MFU':>7}{'peak RSS MiB':>14}"
     print(header)
+    if any("paired_train_vs_diffusers" in row for row in rows.values()):
+        print("(x diffusers: each backend's ratio to diffusers run step by step in turn with it, in a process of its own)")
     for name, row in rows.items():
         train, forward = row["train_images_per_s"], row["forward_images_per_s"]
-        row["train_vs_diffusers"] = train / base["train_images_per_s"] if base else None
-        row["forward_vs_diffusers"] = forward / base["forward_images_per_s"] if base else None
+        for key, value in (("train_vs_diffusers", train), ("forward_vs_diffusers", forward)):
+            # Paired: the ratio to diffusers run in turn with this variant. Else to diffusers' own run.
+            row[key] = row.get("paired_" + key) or (value / base[key.replace("vs_diffusers", "images_per_s")] if base else None)
         row["train_mfu"] = 3 * flops * train / (peak * 1e9) if peak else None
         row["forward_mfu"] = flops * forward / (peak * 1e9) if peak else None
         fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
