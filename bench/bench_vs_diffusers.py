@@ -369,6 +369,8 @@ def main():
                         help="run diffusers in turn with each Keras variant, step by step (auto: on a CPU)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.warmup_steps < 1 or args.train_steps < 1 or args.sample_repeats < 1:
+        parser.error("--warmup-steps, --train-steps and --sample-repeats must be at least 1 (the first step compiles).")
     if args.child == "diffusers-partner":
         serve_diffusers(args)
         return
