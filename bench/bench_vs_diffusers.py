@@ -222,8 +222,7 @@ class DiffusersPartner:
         import subprocess
         import sys
 
-        argv = [f"--{key.replace('_', '-')}={value}" for key, value in vars(args).items()
-                if key in ("batch_size", "warmup_steps", "sample_steps", "precision")]
+        argv = as_argv(args, lambda key: key in ("batch_size", "warmup_steps", "sample_steps", "precision"))
         self.process = subprocess.Popen([sys.executable, __file__, *argv, "--child", "diffusers-partner"],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.answer()  # "ready"
@@ -383,8 +382,7 @@ def main():
         import torch
 
         args.pair = "no" if torch.cuda.is_available() else "yes"
-    argv = [f"--{key.replace('_', '-')}={value}" for key, value in vars(args).items()
-            if key not in ("variants", "child", "rounds")]
+    argv = as_argv(args, lambda key: key not in ("variants", "child", "rounds"))
     runs = {}  # name: its row in each round
     for round_ in range(args.rounds):
         for name in ["flops"] * (round_ == 0) + args.variants.split(","):
@@ -393,6 +391,11 @@ def main():
             if row is not None:
                 runs.setdefault(name, []).append(row)
     report(args, {name: combine_rounds(rows) for name, rows in runs.items()})
+
+
+def as_argv(args, keep):
+    """The parsed arguments whose names pass `keep`, as command-line flags for a child process."""
+    return [f"--{key.replace('_', '-')}={value}" for key, value in vars(args).items() if keep(key)]
 
 
 def combine_rounds(rows):
