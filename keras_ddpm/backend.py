@@ -6,6 +6,7 @@ shared by all three) and compilation of inference functions.
 """
 
 import contextlib
+import functools
 import math
 import operator
 import os
@@ -45,6 +46,21 @@ def default_jit_compile():
 
         return bool(tf.config.list_physical_devices("GPU"))
     return "auto"
+
+
+def seed_generator(seed=None):
+    """`keras.random.SeedGenerator(seed)` whose draws for neighbouring seeds are independent.
+
+    Keras' PyTorch backend seeds draw k of `SeedGenerator(s)` with the integer s + k, so seed
+    s + 1 replays seed s's stream shifted by one draw (batch i of `eval` sampled with seed + i
+    would repeat batch 0's noise). There the seed is first spread over 31 bits by NumPy's
+    `SeedSequence` hash; TensorFlow and JAX draw from the pair (s, k) and keep `seed` as is.
+    """
+    if seed is not None and backend_name() == "torch":
+        import numpy as np
+
+        seed = int(np.random.SeedSequence(seed).generate_state(1)[0] >> 1)
+    return keras.random.SeedGenerator(seed)
 
 
 def replica_context():
@@ -423,32 +439,50 @@ class TorchConvKernelLayout:
         import torch
 
         kernel = keras.ops.convert_to_tensor(self.initializer(shape, dtype=dtype))
-        return torch.permute(kernel, (3, 0, 1, 2)).contiguous().permute(1, 2, 3, 0)
+        # A copy with exactly torch's strides, even along an axis of size 1 (`_torch_kernel`),
+        # where `.contiguous()` would keep Keras' strides.
+        return torch.permute(kernel, (3, 0, 1, 2)).clone(memory_format=torch.contiguous_format).permute(1, 2, 3, 0)
+
+
+def _torch_kernel(kernel, dtype):
+    """Keras' (kh, kw, in, out) `kernel` as torch's (out, in, kh, kw) kernel in `dtype`, with the
+    strides of a channels_last tensor: a view of a kernel stored by `TorchConvKernelLayout`, a
+    copy of any other (autograd takes its gradient back to `kernel`).
+
+    oneDNN and cuDNN convolve channels_last data with a channels_last kernel and would otherwise
+    copy it in the forward and the backward pass. Torch's fallback (`slow_conv2d`, which a CPU
+    takes for a batch of 1 and for float16) needs those exact strides: along an axis of size 1
+    (one output channel, `conv_out` of a grayscale model) other strides leave a tensor both
+    channels_last and contiguous, the fallback makes the kernel's gradient in one layout and
+    checks it against the other ("slow_conv2d: grad_weight must be contiguous").
+    """
+    import torch
+
+    kernel = torch.permute(kernel, (3, 2, 0, 1))
+    _, in_channels, _, width = kernel.shape
+    strides = (kernel.shape[2] * width * in_channels, 1, width * in_channels, in_channels)
+    if kernel.dtype == dtype and kernel.stride() == strides:
+        return kernel
+    channels_last = torch.empty(kernel.shape, dtype=dtype, device=kernel.device, memory_format=torch.channels_last)
+    return channels_last.copy_(kernel)
 
 
 def torch_conv2d_nhwc(x, kernel, strides, padding, cache=None, bias=None):
     """2D convolution of NHWC `x` with a Keras (kh, kw, in, out) kernel (and `bias`); returns (y, cache).
 
-    `padding` is (top, bottom, left, right) zeros. Outside autograd (sampling) the kernel's copy in
-    torch's (out, in, kh, kw) layout is kept in `cache` (the caller holds it) until the variable
-    changes (its tensor, that tensor's in-place version, or the dtype asked for), so a sampling
-    chain makes it once instead of at every step.
+    `padding` is (top, bottom, left, right) zeros. Outside autograd (sampling) the kernel in torch's
+    (out, in, kh, kw) layout (`_torch_kernel`: a copy in another dtype) is kept in `cache` (the
+    caller holds it) until the variable changes (its tensor, that tensor's in-place version, or
+    the dtype asked for), so a sampling chain makes it once instead of at every step.
     """
     import torch
 
     value = getattr(kernel, "value", kernel)
-
-    def torch_layout(kernel):
-        # channels_last too: oneDNN convolves channels_last data with a channels_last kernel and
-        # would otherwise copy the kernel into that layout in the forward and the backward pass.
-        # A kernel stored by `TorchConvKernelLayout` is that already (a view, no copy).
-        return torch.permute(kernel, (3, 2, 0, 1)).to(x.dtype).contiguous(memory_format=torch.channels_last)
-
     if torch.is_grad_enabled() and value.requires_grad:
-        kernel = torch_layout(value)
+        kernel = _torch_kernel(value, x.dtype)
     else:
         if cache is None or cache[0] is not value or cache[1] != value._version or cache[2] != x.dtype:
-            cache = (value, value._version, x.dtype, torch_layout(value.detach()))
+            cache = (value, value._version, x.dtype, _torch_kernel(value.detach(), x.dtype))
         kernel = cache[3]
     x = torch.permute(x, (0, 3, 1, 2))
     top, bottom, left, right = padding
@@ -482,3 +516,42 @@ def torch_group_norm_nhwc(x, groups, gamma, beta, epsilon):
 
     y = torch.nn.functional.group_norm(torch.permute(x, (0, 3, 1, 2)).float(), groups, gamma, beta, epsilon)
     return torch.permute(y, (0, 2, 3, 1))
+
+
+@functools.cache
+def compute_dtype_problem(dtype):
+    """Why this backend cannot train the network in `dtype` on its default device, as one
+    sentence; None where it can.
+
+    Asked when a mixed precision policy is set, so that a missing kernel stops a run before it
+    trains rather than in its first backward pass. Only PyTorch is asked, whose CPU kernels for
+    bfloat16 and float16 came one by one over its releases (2.13 has all the network uses;
+    float16 convolutions go through its unvectorised fallback, many times slower than float32).
+    The probe: a batch of one through those operations, forward and backward, in `dtype`.
+    """
+    if backend_name() != "torch" or dtype == "float32":
+        return None
+    import torch
+
+    device = keras.ops.zeros(()).device
+    try:
+        _torch_network_probe(getattr(torch, dtype), device)
+    except (RuntimeError, NotImplementedError) as error:
+        reason = str(error).strip().splitlines()[0]
+        return f"PyTorch {torch.__version__} cannot train in {dtype} on this {device.type} ({reason})."
+    return None
+
+
+def _torch_network_probe(dtype, device):
+    """The network's operations in `dtype`, on NHWC data as the layers run them, then backward."""
+    import torch
+
+    def random(*shape):
+        return torch.randn(*shape, device=device).to(dtype).requires_grad_()
+
+    x = random(1, 4, 4, 8)
+    h, _ = torch_conv2d_nhwc(x, random(3, 3, 8, 8), (1, 1), (1, 1, 1, 1), bias=random(8))
+    h = keras.ops.silu(torch_group_norm_nhwc(h, 2, None, None, 1e-6).to(dtype))
+    h, _ = torch_conv2d_nhwc(torch_upsample_nearest_nhwc(h, 2), random(3, 3, 8, 8), (2, 2), (0, 1, 0, 1))
+    q, k, v = (torch_dense(h, random(8, 8), random(8)).reshape(1, 16, 1, 8) for _ in range(3))
+    keras.ops.dot_product_attention(q, k, v).float().sum().backward()

@@ -1,0 +1,266 @@
+"""PyTorch's NHWC layers (`backend.torch_conv2d_nhwc` and the group norm beside it) against Keras'
+own, where torch leaves oneDNN for its fallback convolution (`slow_conv2d`: a batch of 1, float16 or
+bfloat16 on a CPU without native support, oneDNN switched off), and the tiny preset trained at every
+batch size and precision.
+
+The fallback needs a kernel with exactly torch's channels_last strides: along an axis of size 1
+(one output channel) other strides crashed its backward pass ("grad_weight must be contiguous").
+"""
+
+import contextlib
+import json
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from conftest import randomize_weights
+from conftest import run_python
+from keras_ddpm import DiffusionModel
+from keras_ddpm import backend
+from keras_ddpm import layers
+from keras_ddpm import training
+
+ON_TORCH = keras.backend.backend() == "torch"
+torch_only = pytest.mark.skipif(not ON_TORCH, reason="PyTorch's own NHWC path; the other backends run Keras' layers")
+POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 3e-3}  # relative to the largest value compared
+BATCH_SIZES = (1, 2, 3, 7, 8)
+
+
+@contextlib.contextmanager
+def onednn(enabled):
+    """oneDNN on or off for torch's CPU convolutions: off, every one takes the fallback."""
+    import torch
+
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
+def nhwc_input(shape, seed, contiguous=True):
+    """A float32 NHWC torch tensor; not `contiguous`: the same values in a (N, W, H, C) buffer, as a
+    transposing data pipeline hands them over (permuted to NCHW, neither contiguous nor channels_last)."""
+    import torch
+
+    values = np.random.default_rng(seed).standard_normal(shape).astype("float32")
+    if contiguous:
+        return torch.from_numpy(values).requires_grad_()
+    return torch.from_numpy(np.ascontiguousarray(values.transpose(0, 2, 1, 3))).transpose(1, 2).requires_grad_()
+
+
+def gradients(layer, x, call=None, seed=0):
+    """layer(x) (or call(x)), and the gradients of <layer(x), g> for a fixed random g by x and by
+    the layer's weights, as float32 numpy arrays."""
+    import torch
+
+    y = (call or layer)(x).float()
+    g = torch.from_numpy(np.random.default_rng(seed).standard_normal(tuple(y.shape)).astype("float32"))
+    grads = torch.autograd.grad((y * g).sum(), [x, *(w.value for w in layer.trainable_weights)])
+    return [t.detach().float().numpy() for t in (y, *grads)]
+
+
+def with_keras_twin(layer, twin, input_shape, seed, twin_input_shape=None):
+    """`layer` and `twin` (the Keras layer it subclasses) built, with the same random weights."""
+    rng = np.random.default_rng(seed)
+    layer.build(input_shape)
+    twin.build(twin_input_shape or input_shape)
+    for ours, theirs in zip(layer.weights, twin.weights):
+        value = 0.3 * rng.standard_normal(ours.shape).astype("float32") + (1.0 if "gamma" in ours.path else 0.0)
+        ours.assign(value)
+        theirs.assign(value)
+    return layer, twin
+
+
+def assert_close(ours, theirs, dtype):
+    for a, b in zip(ours, theirs):
+        assert np.isfinite(a).all()
+        np.testing.assert_allclose(a, b, rtol=0, atol=TOLERANCE[dtype] * max(np.abs(b).max(), 1e-3))
+
+
+@torch_only
+@pytest.mark.parametrize("shape", [(3, 3, 16, 1), (3, 3, 1, 16), (1, 1, 8, 3), (3, 3, 16, 32)])
+def test_kernels_are_stored_with_torch_channels_last_strides(shape):
+    # The (out, in, kh, kw) view of a stored kernel has the strides torch gives a channels_last
+    # tensor of that shape (the one-output-channel kernel had Keras' strides), and is no copy.
+    import torch
+
+    conv = layers.Conv2D(shape[3], shape[:2], padding="same")
+    conv.build((None, 8, 8, shape[2]))
+    view = torch.permute(conv.kernel.value, (3, 2, 0, 1))
+    assert view.stride() == torch.empty(view.shape, memory_format=torch.channels_last).stride()
+    assert backend._torch_kernel(conv.kernel.value, torch.float32).data_ptr() == conv.kernel.value.data_ptr()
+
+
+CONVOLUTIONS = {  # name: (input shape, filters, kernel size, strides, groups)
+    "one_output_channel_batch_1": ((1, 8, 8, 16), 1, 3, 1, 1),  # conv_out of a grayscale model: the crash
+    "one_input_channel_batch_1": ((1, 5, 5, 1), 8, 3, 1, 1),
+    "odd_size_stride_2": ((2, 7, 9, 4), 6, 3, 2, 1),  # "same": one zero row and column on each side
+    "even_size_stride_2": ((3, 8, 6, 5), 5, 3, 2, 1),  # "same": the odd zero row and column after
+    "one_by_one_map": ((1, 1, 1, 8), 8, 3, 1, 1),
+    "one_by_one_kernel": ((2, 6, 6, 3), 5, 1, 1, 1),
+    "grouped_3_channels_a_group_batch_1": ((1, 6, 6, 12), 4, 3, 1, 4),  # Keras' own path (groups > 1)
+    "non_contiguous_input": ((2, 6, 5, 4), 3, 3, 1, 1),
+    "non_contiguous_input_batch_1": ((1, 7, 7, 4), 1, 3, 2, 1),
+}
+
+
+@torch_only
+@pytest.mark.parametrize("dtype", list(POLICIES))
+@pytest.mark.parametrize("case", list(CONVOLUTIONS))
+def test_conv_matches_keras_forward_and_backward(case, dtype):
+    # Ours against Keras' own torch convolution with the same weights: the output and the
+    # gradients by input, kernel and bias, through oneDNN and through the fallback. Keras' twin
+    # convolves contiguous NCHW data: with NHWC data its torch convolution crashes in the fallback
+    # as ours did (it views a one-output-channel kernel the same way; Keras 3.15.1).
+    import torch
+
+    shape, filters, kernel_size, strides, groups = CONVOLUTIONS[case]
+    config = dict(filters=filters, kernel_size=kernel_size, strides=strides, groups=groups, padding="same", dtype=POLICIES[dtype])
+    nchw = (shape[0], shape[3], shape[1], shape[2])
+    keras_conv = keras.layers.Conv2D(**config, data_format="channels_first")
+    conv, keras_conv = with_keras_twin(layers.Conv2D(**config), keras_conv, shape, seed=1, twin_input_shape=nchw)
+
+    def keras_nhwc(x):
+        return torch.permute(keras_conv(torch.permute(x, (0, 3, 1, 2)).contiguous()), (0, 2, 3, 1))
+
+    for enabled in (True, False):
+        with onednn(enabled):
+            x = nhwc_input(shape, seed=2, contiguous="non_contiguous" not in case)
+            ours, theirs = gradients(conv, x), gradients(keras_conv, x, call=keras_nhwc)
+        assert ours[0].shape == (shape[0], -(-shape[1] // strides), -(-shape[2] // strides), filters)
+        assert_close(ours, theirs, dtype)
+
+
+@torch_only
+@pytest.mark.parametrize("dtype", list(POLICIES))
+@pytest.mark.parametrize("shape, groups", [((1, 1, 1, 6), 2), ((3, 5, 3, 12), 4), ((1, 4, 4, 10), 5), ((2, 3, 3, 12), 12)])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_group_norm_matches_keras_at_odd_group_sizes(shape, groups, dtype, contiguous):
+    # 3, 5, 2 and 1 channels a group (not a multiple of 8), 1x1 maps, a batch of 1, transposed input.
+    config = dict(groups=groups, epsilon=1e-6, dtype=POLICIES[dtype])
+    norm, keras_norm = with_keras_twin(layers.GroupNormalization(**config), keras.layers.GroupNormalization(**config), shape, 3)
+    x = nhwc_input(shape, seed=4, contiguous=contiguous)
+    assert_close(gradients(norm, x), gradients(keras_norm, x), dtype)
+
+
+@torch_only
+def test_upsample_and_downsample_take_transposed_input():
+    # A non-contiguous NHWC input gives the same results and gradients as its contiguous copy.
+    import torch
+
+    for block, shape in ((layers.Upsample(4), (1, 3, 5, 2)), (layers.Downsample(4), (2, 7, 5, 3))):
+        block.build(shape)
+        with torch.no_grad():
+            block.conv.kernel.value.normal_()
+        contiguous, transposed = (gradients(block, nhwc_input(shape, 5, c), call=block.call) for c in (True, False))
+        assert_close(transposed, contiguous, "float32")
+
+
+def test_attention_block_over_a_one_by_one_map():
+    # One position: softmax over one key is 1, so the block is x + proj_out(v(GN(x))), whatever q and k.
+    block = layers.AttentionBlock(num_groups=2)
+    x = np.random.default_rng(6).standard_normal((3, 1, 1, 6)).astype("float32")
+    block.build(x.shape)
+    for dense in (block.q, block.k, block.v, block.proj_out):
+        dense.kernel.assign(np.random.default_rng(7).standard_normal((6, 6)).astype("float32"))
+    expected = x + ops.convert_to_numpy(block.proj_out(block.v(block.norm(x))))
+    np.testing.assert_allclose(ops.convert_to_numpy(block(x)), expected, rtol=1e-5, atol=1e-5)
+    assert np.abs(expected - x).max() > 0.1
+
+
+class FixedDraws:
+    """`keras.random.normal` and `randint` from a NumPy generator: the same t and noise on every
+    backend (Keras' own generators differ between them), for eager training steps."""
+
+    def __init__(self, monkeypatch, seed):
+        self.rng = np.random.default_rng(seed)
+        monkeypatch.setattr(keras.random, "normal", self.normal)
+        monkeypatch.setattr(keras.random, "randint", self.randint)
+
+    def normal(self, shape, mean=0.0, stddev=1.0, dtype=None, seed=None):
+        return ops.convert_to_tensor(self.rng.normal(mean, stddev, shape).astype("float32"))
+
+    def randint(self, shape, minval, maxval, dtype="int32", seed=None):
+        return ops.convert_to_tensor(self.rng.integers(minval, maxval, shape).astype(dtype))
+
+
+def train_at_every_batch_size(mode, monkeypatch, sample=True):
+    """Trains one randomised tiny model a step at each batch size in turn (t and noise from
+    `FixedDraws`), then, with `sample`, samples that many images (2 DDIM steps); returns the
+    losses of the steps and the images."""
+    FixedDraws(monkeypatch, seed=0)
+    training.set_mixed_precision(mode)
+    try:
+        model = randomize_weights(DiffusionModel.from_preset("tiny", seed=0), seed=1)
+        model.compile(run_eagerly=True)  # eager: NumPy draws inside the step (TF would trace them once)
+        images = np.random.default_rng(2).uniform(-1, 1, (max(BATCH_SIZES), 16, 16, 1)).astype("float32")
+        losses = []
+        logged = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: losses.append(float(logs["loss"])))
+        for batch_size in BATCH_SIZES:
+            model.fit(images[:batch_size], batch_size=batch_size, epochs=1, shuffle=False, verbose=0, callbacks=[logged])
+        samples = [model.generate(batch_size, steps=2, seed=3) for batch_size in BATCH_SIZES] if sample else []
+    finally:
+        training.set_mixed_precision("no")
+    assert int(model.optimizer.iterations) == len(BATCH_SIZES)
+    return losses, samples
+
+
+TENSORFLOW_LOSSES = """
+import json, sys
+sys.path.insert(0, "tests")
+import pytest
+import test_torch_conv
+with pytest.MonkeyPatch.context() as monkeypatch:
+    print(json.dumps(test_torch_conv.train_at_every_batch_size("no", monkeypatch, sample=False)[0]))
+"""
+
+
+@torch_only
+@pytest.mark.slow
+def test_float32_training_at_every_batch_size_matches_tensorflow(monkeypatch):
+    # Batch 1 crashed in the backward pass; every batch size must give TensorFlow's losses.
+    losses, samples = train_at_every_batch_size("no", monkeypatch)
+    tensorflow = json.loads(run_python(TENSORFLOW_LOSSES, "tensorflow").strip().splitlines()[-1])
+    np.testing.assert_allclose(losses, tensorflow, rtol=1e-4)
+    assert len(set(losses)) == len(losses) and 0.3 < min(losses)  # a real, varying loss
+    for batch_size, images in zip(BATCH_SIZES, samples):
+        assert images.shape == (batch_size, 16, 16, 1) and np.isfinite(images).all()
+
+
+@torch_only
+@pytest.mark.parametrize("mode, use_onednn", [("bf16", True), ("bf16", False), ("fp16", True)])
+def test_mixed_precision_trains_and_samples_at_every_batch_size(mode, use_onednn, monkeypatch):
+    # bf16 through oneDNN where the CPU has it, and through the fallback as on one without it (it
+    # crashed there); float16 convolutions always take the fallback on a CPU.
+    with onednn(use_onednn):
+        losses, samples = train_at_every_batch_size(mode, monkeypatch)
+    assert np.isfinite(losses).all() and 0.3 < min(losses) and max(losses) < 3
+    for batch_size, images in zip(BATCH_SIZES, samples):
+        assert images.shape == (batch_size, 16, 16, 1) and np.isfinite(images).all()
+
+
+@torch_only
+def test_a_dtype_torch_cannot_compute_stops_before_training(monkeypatch):
+    # PyTorch 2.13 computes the network in bf16 and fp16 on a CPU; where a kernel is missing, setting
+    # the policy fails with one sentence, before any model is built.
+    assert backend.compute_dtype_problem("float16") is None and backend.compute_dtype_problem("bfloat16") is None
+
+    def missing_kernel(dtype, device):
+        raise RuntimeError('"slow_conv2d_cpu" not implemented for \'Half\'\nmore lines')
+
+    monkeypatch.setattr(backend, "_torch_network_probe", missing_kernel)
+    backend.compute_dtype_problem.cache_clear()
+    sentence = r"^--mixed-precision fp16: PyTorch \S+ cannot train in float16 on this cpu "
+    sentence += r"\(\"slow_conv2d_cpu\" not implemented for 'Half'\)\.$"
+    try:
+        with pytest.raises(ValueError, match=sentence):
+            training.set_mixed_precision("fp16")
+        assert keras.config.dtype_policy().name == "float32"
+        training.set_mixed_precision("no")  # float32 needs no probe
+    finally:
+        backend.compute_dtype_problem.cache_clear()
