@@ -5,8 +5,10 @@
     python cli.py info --preset ddpm_cifar10
 """
 
+import contextlib
 import functools
 import json
+import math
 import os
 import sys
 
@@ -16,20 +18,58 @@ SAMPLERS = ("ddim", "ddpm", "dpm_solver")  # sample_request.SAMPLERS, not import
 
 
 def user_errors(command):
-    """Turns the errors a user can cause into one sentence and exit status 1."""
+    """The command's error boundary: an error a user can cause (a bad value, file or folder, a
+    full disk: `ValueError`, `OSError`) becomes one `Error:` sentence and exit status 1; any other
+    exception one line too, naming `-v`, which shows its traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as error:
-            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise click.ClickException(message) from None
+        except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit):
+            raise
+        except (ValueError, OSError) as error:
+            raise click.ClickException(describe_error(error)) from None
+        except Exception as error:
+            if click.get_current_context().find_root().params.get("show_traceback"):
+                raise
+            raise click.ClickException(
+                f"unexpected {type(error).__name__}: {describe_error(error)} (`python cli.py -v ...` shows the traceback)"
+            ) from None
 
     return wrapper
 
 
+def describe_error(error):
+    """An exception as one line: an `OSError` as "No space left on device: PATH", others their first line."""
+    if isinstance(error, OSError) and error.strerror:
+        paths = [str(p) for p in (error.filename, error.filename2) if p is not None]
+        return error.strerror + (f": {' -> '.join(paths)}" if paths else "")
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def folder_option(context, parameter, value):
+    """A click callback: the value names a folder or nothing yet, not an existing file."""
+    if value is not None and os.path.exists(value) and not os.path.isdir(value):
+        raise click.BadParameter(f"{value} is a file; give a folder (it is created if missing).")
+    return value
+
+
+class FiniteFloat(click.FloatRange):
+    """`click.FloatRange` that also refuses nan and inf (they compare false with any bound)."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value} is not a finite number.", param, ctx)
+        return value
+
+
 def load_model_file(path):
+    """`keras_ddpm.load_model`, with the next step named when there is no file."""
     from keras_ddpm import load_model
 
     if not os.path.isfile(path):
@@ -38,12 +78,15 @@ def load_model_file(path):
         )
     try:
         return load_model(path)
-    except Exception as error:  # a corrupt or foreign file: Keras raises many kinds
-        raise ValueError(f"Could not load {path} as a keras_ddpm model ({type(error).__name__}: {error}).") from None
+    except ValueError:  # already one sentence: damaged, truncated, or not a keras_ddpm model
+        raise
+    except Exception as error:  # anything else Keras or h5py raise for a file they cannot read
+        raise ValueError(f"Could not load {path} as a keras_ddpm model ({type(error).__name__}: {describe_error(error)}).") from None
 
 
 @click.group()
-def cli():
+@click.option("-v", "--traceback", "show_traceback", is_flag=True, help="Show the traceback of an unexpected error.")
+def cli(show_traceback):
     """Denoising diffusion models (DDPM, DDIM) in Keras 3 on TensorFlow, PyTorch and JAX."""
 
 
@@ -58,13 +101,13 @@ def cli():
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Total training steps [default: the preset's].")
 @click.option("--batch-size", "--batch_size", "batch_size", type=click.IntRange(min=1), default=None, help="Global batch size, split across devices [default: the preset's].")
 @click.option("--optimizer", type=click.Choice(["adam", "adamw"]), default=None, help="[default: adam]")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=None, help="AdamW's decoupled weight decay [default: 0].")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Peak learning rate [default: the preset's].")
+@click.option("--weight-decay", type=FiniteFloat(min=0), default=None, help="AdamW's decoupled weight decay [default: 0].")
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=None, help="Peak learning rate [default: the preset's].")
 @click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default=None, help="After warm-up: constant (DDPM) or cosine decay to 0 [default: constant].")
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=None, help="Linear warm-up steps [default: the preset's].")
-@click.option("--grad-clip", type=click.FloatRange(min=0), default=None, help="Clip gradients to this global norm; 0: off [default: the preset's, 1.0].")
-@click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=None, help="[default: the preset's]")
-@click.option("--ema-warmup-power", type=click.FloatRange(min=0), default=None, help="EMA warm-up: decay min(ema_decay, 1 - (1 + step)^-p); 2/3 or 3/4 are usual; 0: off [default: 0].")
+@click.option("--grad-clip", type=FiniteFloat(min=0), default=None, help="Clip gradients to this global norm; 0: off [default: the preset's, 1.0].")
+@click.option("--ema-decay", type=FiniteFloat(0, 1, max_open=True), default=None, help="[default: the preset's]")
+@click.option("--ema-warmup-power", type=FiniteFloat(min=0), default=None, help="EMA warm-up: decay min(ema_decay, 1 - (1 + step)^-p); 2/3 or 3/4 are usual; 0: off [default: 0].")
 @click.option("--prediction", type=click.Choice(["epsilon", "x0", "v"]), default=None, help="Network target [default: epsilon].")
 @click.option("--schedule", type=click.Choice(["linear", "cosine"]), default=None, help="Noise schedule [default: linear].")
 @click.option("--class-cond/--no-class-cond", default=False, show_default=True, help="Condition on the dataset's labels (with label dropout for classifier-free guidance).")
@@ -73,8 +116,8 @@ def cli():
 @click.option("--steps-per-execution", type=click.IntRange(min=1), default=1, show_default=True, help="Steps between callbacks (TensorFlow, JAX); TensorFlow compiles them into one call.")
 @click.option("--distribute", type=click.Choice(["none", "mirrored", "data_parallel"]), default="none", show_default=True, help="Data parallel on all local devices: mirrored (TensorFlow) or data_parallel (JAX).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", "out_dir", default="runs/default", show_default=True, help="Run directory: model.keras, checkpoints/, metrics.csv, logs/, samples/, config.json.")
-@click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in OUT (options default to OUT/config.json's).")
+@click.option("--out", "out_dir", default="runs/default", show_default=True, callback=folder_option, help="Run directory: model.keras, checkpoints/, metrics.csv, logs/, samples/, config.json.")
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in OUT that loads (options default to OUT/config.json's, which must exist).")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=1000, show_default=True, help="Steps between checkpoints.")
 @click.option("--keep-checkpoints", type=click.IntRange(min=1), default=3, show_default=True, help="How many of the newest checkpoints to keep.")
 @click.option("--log-every", type=click.IntRange(min=1), default=100, show_default=True, help="Steps between rows of OUT/metrics.csv and TensorBoard scalars.")
@@ -97,6 +140,9 @@ def train(**options):
     from keras_ddpm.callbacks import MetricsWriter
     from keras_ddpm.callbacks import NonFiniteLossError
     from keras_ddpm.checkpoints import CheckpointManager
+    from keras_ddpm.checkpoints import RunInUseError
+    from keras_ddpm.checkpoints import RunLock
+    from keras_ddpm.checkpoints import write_atomically
 
     out_dir = options["out_dir"]
     o = resolve_train_options(options)
@@ -108,70 +154,97 @@ def train(**options):
     if o["steps_per_execution"] > 1 and keras.backend.backend() == "torch":
         raise ValueError("--steps-per-execution needs the tensorflow or jax backend; PyTorch runs one step per call.")
     manager = CheckpointManager(os.path.join(out_dir, "checkpoints"), keep=o["keep_checkpoints"])
-    latest = manager.latest() if o["resume"] else None
-    if not o["resume"] and manager.checkpoints():
-        raise ValueError(f"{out_dir} already holds checkpoints: pass --resume to continue that run, or choose another --out.")
-    keras.utils.set_random_seed(o["seed"])
-    with training.distribution_scope(o["distribute"]):
-        if latest:
-            model = load_model_file(latest[1])
-            click.echo(f"resuming from {latest[1]} (step {latest[0]})")
-        else:
-            if o["resume"]:
-                click.echo(f"no checkpoint in {manager.directory}; starting at step 0")
-            model = DiffusionModel(config, seed=o["seed"])
-        jit = backend.default_jit_compile() if o["jit_compile"] is None else o["jit_compile"]
-        model.compile(optimizer=model.optimizer if latest else None, jit_compile=jit, steps_per_execution=o["steps_per_execution"])
-        start = int(model.optimizer.iterations)
-        unet, train = model.config.unet, model.config.train
-        dataset = data.make_dataset(
-            o["dataset"], unet.image_size, unet.image_channels, config.train.batch_size, with_labels=bool(unet.num_classes),
-            horizontal_flip=o["flip"] if o["flip"] is not None else train.horizontal_flip and data.default_horizontal_flip(o["dataset"]),
-            seed=o["seed"] + start,  # a resumed run draws a new data order rather than replaying the first batches
-            data_dir=o["data_dir"], crop=o["crop"], cache=None if o["cache"] == "none" else o["cache"],
-        )  # fmt: skip
-        write_json(os.path.join(out_dir, "config.json"), {
-            "dataset": o["dataset"], "seed": o["seed"], "backend": keras.backend.backend(),
-            "config": model.config.replace(train_steps=config.train.train_steps).to_dict(),
-            "options": {k: v for k, v in o.items() if k != "resume"},
-        })  # fmt: skip
-        writer = MetricsWriter(os.path.join(out_dir, "metrics.csv"), os.path.join(out_dir, "logs"), resume_step=start)
-        callbacks = []
-        if o["fid_every"]:
-            callbacks = fid_callbacks(o["dataset"], model, o["fid_every"], o["fid_samples"], o["fid_steps"], o["inception_weights"], out_dir, o["data_dir"], o["crop"], writer)
-        total = config.train.train_steps
-        click.echo(f"training {model.config.name} ({model.network.count_params():,} parameters) on {o['dataset']} from step {start} to {total}"
-                   + (f" on {replicas} devices" if replicas > 1 else ""))  # fmt: skip
+    with contextlib.ExitStack() as held:
         try:
-            result = training.fit(
-                model, dataset, total, out_dir, checkpoint_every=o["checkpoint_every"], keep_checkpoints=o["keep_checkpoints"],
-                log_every=o["log_every"], sample_every=o["sample_every"], sample_steps=o["sample_steps"],
-                batch_size=config.train.batch_size, verbose=o["verbose"], callbacks=callbacks, writer=writer,
+            run_lock = held.enter_context(RunLock(out_dir))  # until model.keras is written
+        except RunInUseError as error:
+            raise click.ClickException(str(error)) from None
+        if not o["resume"] and manager.checkpoints():
+            raise ValueError(f"{out_dir} already holds checkpoints: pass --resume to continue that run, or choose another --out.")
+        keras.utils.set_random_seed(o["seed"])
+        with training.distribution_scope(o["distribute"]):
+            latest, skipped = manager.load_latest(load_model_file) if o["resume"] else (None, [])
+            for path, reason in skipped:
+                click.echo(f"skipped {path}: {reason}", err=True)
+            if skipped and not latest:
+                raise ValueError(f"None of the checkpoints in {manager.directory} loads; move them away to train again from step 0.")
+            if latest:
+                model = latest[2]
+                click.echo(f"resuming from {latest[1]} (step {latest[0]})")
+            else:
+                if o["resume"]:
+                    click.echo(f"no checkpoint in {manager.directory}; starting at step 0")
+                model = DiffusionModel(config, seed=o["seed"])
+            jit = backend.default_jit_compile() if o["jit_compile"] is None else o["jit_compile"]
+            model.compile(optimizer=model.optimizer if latest else None, jit_compile=jit, steps_per_execution=o["steps_per_execution"])
+            start = int(model.optimizer.iterations)
+            unet, train = model.config.unet, model.config.train
+            dataset = data.make_dataset(
+                o["dataset"], unet.image_size, unet.image_channels, config.train.batch_size, with_labels=bool(unet.num_classes),
+                horizontal_flip=o["flip"] if o["flip"] is not None else train.horizontal_flip and data.default_horizontal_flip(o["dataset"]),
+                seed=o["seed"] + start,  # a resumed run draws a new data order rather than replaying the first batches
+                data_dir=o["data_dir"], crop=o["crop"], cache=None if o["cache"] == "none" else o["cache"],
             )  # fmt: skip
-        except NonFiniteLossError as error:
-            raise click.ClickException(f"{error} Lower --lr or check the data, then --resume.") from None
-    if result.interrupted:
-        click.echo(f"stopped at step {result.step}/{total}; checkpoint {result.checkpoint}. Continue with: python cli.py train --out {out_dir} --resume")
-        sys.exit(130)
-    path = os.path.join(out_dir, "model.keras")
-    model.save(path)
+            write_json(os.path.join(out_dir, "config.json"), {
+                "dataset": o["dataset"], "seed": o["seed"], "backend": keras.backend.backend(),
+                "config": model.config.replace(train_steps=config.train.train_steps).to_dict(),
+                "options": {k: v for k, v in o.items() if k != "resume"},
+            })  # fmt: skip
+            writer = MetricsWriter(os.path.join(out_dir, "metrics.csv"), os.path.join(out_dir, "logs"), resume_step=start)
+            callbacks = []
+            if o["fid_every"]:
+                callbacks = fid_callbacks(o["dataset"], model, o["fid_every"], o["fid_samples"], o["fid_steps"], o["inception_weights"], out_dir, o["data_dir"], o["crop"], writer)
+            total = config.train.train_steps
+            click.echo(f"training {model.config.name} ({model.network.count_params():,} parameters) on {o['dataset']} from step {start} to {total}"
+                       + (f" on {replicas} devices" if replicas > 1 else ""))  # fmt: skip
+            try:
+                result = training.fit(
+                    model, dataset, total, out_dir, checkpoint_every=o["checkpoint_every"], keep_checkpoints=o["keep_checkpoints"],
+                    log_every=o["log_every"], sample_every=o["sample_every"], sample_steps=o["sample_steps"],
+                    batch_size=config.train.batch_size, verbose=o["verbose"], callbacks=callbacks, writer=writer, run_lock=run_lock,
+                )  # fmt: skip
+            except NonFiniteLossError as error:
+                raise click.ClickException(f"{error} Lower --lr or check the data, then --resume.") from None
+        if result.interrupted:
+            click.echo(f"stopped at step {result.step}/{total}; checkpoint {result.checkpoint}. Continue with: python cli.py train --out {out_dir} --resume")
+            sys.exit(130)
+        path = write_atomically(model, os.path.join(out_dir, "model.keras"))
     losses = result.history.history.get("loss") if result.history else None
     click.echo((f"final loss {losses[-1]:.4f}; " if losses else f"already trained to step {result.step}; ") + f"model saved to {path}")
 
 
 def resolve_train_options(options):
-    """With --resume, options not given on the command line come from OUT/config.json."""
+    """With --resume, options not given on the command line come from OUT/config.json, which must hold them."""
     from click.core import ParameterSource
 
     options = dict(options)
+    if not options["resume"]:
+        return options
     path = os.path.join(options["out_dir"], "config.json")
-    if options["resume"] and os.path.isfile(path):
+    if not os.path.isfile(path):
+        raise ValueError(f"--resume needs {path}, which holds the options of the run to continue, and there is none; restore it, or start a new run without --resume.")
+    try:
         with open(path) as f:
-            saved = json.load(f).get("options", {})
-        context = click.get_current_context()
-        for key, value in saved.items():
-            if key in options and key != "resume" and context.get_parameter_source(key) != ParameterSource.COMMANDLINE:
-                options[key] = value
+            saved = json.load(f)
+    except ValueError as error:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path} is not valid JSON ({error}), so the run cannot be resumed.") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("options"), dict):
+        shape = type(saved.get("options") if isinstance(saved, dict) else saved).__name__
+        raise ValueError(f"{path} must be a JSON object whose \"options\" is an object, as `train` writes it. Received: {shape}")
+    context = click.get_current_context()
+    params = {param.name: param for param in context.command.params}
+    for key, value in saved["options"].items():
+        if key not in options or key == "resume" or context.get_parameter_source(key) == ParameterSource.COMMANDLINE:
+            continue
+        param = params[key]
+        try:
+            if value is None and param.default is not None:
+                raise click.BadParameter("null")
+            if value is not None and param.type is click.STRING and not isinstance(value, str):
+                raise click.BadParameter("not a string")
+            options[key] = None if value is None else param.type.convert(value, param, context)
+        except click.BadParameter:
+            raise ValueError(f"{path} holds an invalid option {key}={value!r}, so the run cannot be resumed; fix or remove it.") from None
     return options
 
 
@@ -222,17 +295,17 @@ def default_model_path():
 @click.option("--mode", type=click.Choice(["normal", "denoising_process", "interpolation", "coarse_to_fine", "sequence", "inpainting"]), default="normal", show_default=True)
 @click.option("--sampler", type=click.Choice(SAMPLERS), default=None, help="[default: ddpm for coarse_to_fine and inpainting, ddim otherwise]")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Denoising steps [default: 20 for dpm_solver, 50 otherwise].")
-@click.option("--eta", type=click.FloatRange(min=0), default=0.0, show_default=True, help="DDIM eta (0: deterministic).")
+@click.option("--eta", type=FiniteFloat(min=0), default=0.0, show_default=True, help="DDIM eta (0: deterministic).")
 @click.option("--skip", type=click.Choice(["uniform", "quadratic", "logsnr"]), default=None, help="Timestep spacing [default: uniform for ddim, logsnr for dpm_solver].")
 @click.option("--variance", type=click.Choice(["fixed_small", "fixed_large"]), default="fixed_small", show_default=True, help="DDPM variance.")
 @click.option("--batch-size", "--batch_size", "batch_size", type=click.IntRange(1, 1024), default=16, show_default=True, help="Images per grid (normal, denoising_process, sequence) or samples (coarse_to_fine, inpainting).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--class-label", "--class_label", "class_label", type=int, default=None, help="Class to draw (class-conditional models) [default: a column per class].")
-@click.option("--guidance", type=float, default=0.0, show_default=True, help="Classifier-free guidance weight w (0: plain conditional sampling).")
+@click.option("--guidance", type=FiniteFloat(), default=0.0, show_default=True, help="Classifier-free guidance weight w (0: plain conditional sampling).")
 @click.option("--padding", type=click.IntRange(min=0), default=2, show_default=True, help="Pixels between grid tiles.")
 @click.option("--img-size", "--img_size", "img_size", type=int, default=None, help="Checked against the model's image size.")
 @click.option("--save-path", "--save_path", "save_path", default=None, help="Output image [default: samples.gif for denoising_process, samples.png otherwise].")
-@click.option("--save-dir", "--save_dir", "save_dir", default=None, help="normal mode: write --n-images single PNGs here instead of a grid (for FID tools).")
+@click.option("--save-dir", "--save_dir", "save_dir", default=None, callback=folder_option, help="normal mode: write --n-images single PNGs here instead of a grid (for FID tools).")
 @click.option("--n-images", "--n_images", "n_images", type=click.IntRange(min=1), default=None, help="With --save-dir: how many images [default: --batch-size].")
 @click.option("--n-frames", "--n_frames", "n_frames", type=click.IntRange(min=2), default=None, help="Frames of denoising_process [20] / columns of sequence [10].")
 @click.option("--frame-ms", type=click.IntRange(min=1), default=80, show_default=True, help="GIF frame duration.")
@@ -332,22 +405,30 @@ def info(preset, model_path):
 @click.argument("output")
 @user_errors
 def export(source, output):
-    """Write SOURCE (a .keras model or checkpoint, or a run directory: its newest checkpoint)
-    to OUTPUT without optimizer state, for sampling and shipping."""
+    """Write SOURCE (a .keras model or checkpoint, or a run directory: its model.keras, else its
+    newest checkpoint; a damaged file is skipped) to OUTPUT without optimizer state, for sampling and shipping."""
     from keras_ddpm.checkpoints import CheckpointManager
+    from keras_ddpm.checkpoints import load_first_good
+    from keras_ddpm.checkpoints import write_atomically
 
-    if os.path.isdir(source):
-        latest = CheckpointManager(os.path.join(source, "checkpoints")).latest()
-        final = os.path.join(source, "model.keras")
-        if not latest and not os.path.isfile(final):
-            raise ValueError(f"{source} holds neither model.keras nor a checkpoint.")
-        source = latest[1] if latest and not os.path.isfile(final) else final
-    model = load_model_file(source)
-    step = int(model.optimizer.iterations) if getattr(model, "optimizer", None) is not None else None
     if not output.endswith(".keras"):
         raise ValueError(f"The output file must end in .keras. Received: {output}")
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    model.for_inference().save(output)
+    if os.path.isdir(source):
+        final = os.path.join(source, "model.keras")
+        newest_first = [path for _, path in reversed(CheckpointManager(os.path.join(source, "checkpoints")).checkpoints())]
+        candidates = ([final] if os.path.isfile(final) else []) + newest_first
+        if not candidates:
+            raise ValueError(f"{source} holds neither model.keras nor a checkpoint.")
+        loaded, model, skipped = load_first_good(candidates, load_model_file)
+        for path, reason in skipped:
+            click.echo(f"skipped {path}: {reason}", err=True)
+        if model is None:
+            raise ValueError(f"Neither model.keras nor any checkpoint in {source} loads.")
+        source = loaded
+    else:
+        model = load_model_file(source)
+    step = int(model.optimizer.iterations) if getattr(model, "optimizer", None) is not None else None
+    write_atomically(model.for_inference(), output)
     trained = f" (trained {step} steps)" if step is not None else ""
     click.echo(f"wrote {output}{trained}: {os.path.getsize(output) / 2**20:.1f} MiB, from {source}")
 
@@ -390,10 +471,10 @@ def fid_callbacks(dataset, model, every, num_samples, steps, inception_weights, 
 @click.option("--batch-size", "--batch_size", "batch_size", type=click.IntRange(min=1), default=50, show_default=True, help="Images per sampling batch and per Inception pass.")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default="ddim", show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="Denoising steps.")
-@click.option("--eta", type=click.FloatRange(min=0), default=0.0, show_default=True, help="DDIM eta (0: deterministic).")
+@click.option("--eta", type=FiniteFloat(min=0), default=0.0, show_default=True, help="DDIM eta (0: deterministic).")
 @click.option("--skip", type=click.Choice(["uniform", "quadratic"]), default="uniform", show_default=True, help="DDIM timestep skip.")
 @click.option("--variance", type=click.Choice(["fixed_small", "fixed_large"]), default="fixed_small", show_default=True, help="DDPM variance.")
-@click.option("--guidance", type=float, default=0.0, show_default=True, help="Classifier-free guidance weight w (class-conditional models draw every class in turn).")
+@click.option("--guidance", type=FiniteFloat(), default=0.0, show_default=True, help="Classifier-free guidance weight w (class-conditional models draw every class in turn).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the first sampling batch (batch i uses seed + i).")
 @click.option("--inception-weights", default="imagenet", show_default=True, help="'imagenet' (downloaded by Keras) or a local InceptionV3 weights file.")
 @click.option("--cache-dir", default=None, help="Where reference statistics are cached [default: $KERAS_DDPM_CACHE or ~/.cache/keras_ddpm/fid].")

@@ -4,8 +4,14 @@
 
 It serves the models in saved_models/ and those given with --model, and nothing else: models load
 with Keras' safe mode, and uploaded files are only ever decoded as images by Pillow. The work is
-`keras_ddpm.sample_request` (the same code as `python cli.py sample`); every result shows the
-command line that draws it again.
+`keras_ddpm.sample_request` (the same code as `python cli.py sample`); the form shows the command
+line that draws its images, and every result the one that draws it again.
+
+One request may cost at most --max-evaluations network evaluations (images x steps x rows, twice
+that with guidance: `SampleRequest.network_evaluations`), 16,000 by default: the default grid of
+16 images through all 1,000 steps of DDPM, about 10 minutes of a 2-core CPU with the shipped MNIST
+model (seconds on a GPU). Larger requests are refused, so no one holds the sampling slot for long;
+the form's light handlers (the command preview, the random seed) answer beside a running request.
 """
 
 import argparse
@@ -13,6 +19,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -39,6 +46,7 @@ MODE_LABELS = {
 ALL_CLASSES = "all (a column per class)"
 CSS = "#grid img, #gif img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"  # small tiles, sharp
 KEPT_RESULTS = 32  # result folders kept on disk; older ones are deleted
+MAX_EVALUATIONS = 16_000  # network evaluations one request may cost (see the module's docstring)
 
 
 class ModelRegistry:
@@ -81,16 +89,17 @@ class ModelRegistry:
 class SamplingApp:
     """Turns the form's values into a `SampleRequest`, runs it and writes the files to download."""
 
-    def __init__(self, registry, dataset="mnist_5k", max_images=64, work_dir=None):
+    def __init__(self, registry, dataset="mnist_5k", max_images=64, max_evaluations=MAX_EVALUATIONS, work_dir=None):
         self.registry = registry
         self.dataset = dataset
         self.max_images = max_images
+        self.max_evaluations = max_evaluations
         self.work_dir = work_dir or tempfile.mkdtemp(prefix="keras_ddpm_app_")
 
-    def sample(self, model_path, mode, sampler, steps, eta, guidance, class_label, seed, num_images, n_frames,
-               upload1, index1, upload2, index2, interpolate_at, n_points, space, coarse_timesteps, mask, progress=None):  # fmt: skip
-        """Returns (grid PNG path, GIF path or None, files to download, settings JSON, CLI command);
-        a bad value raises ValueError with one sentence."""
+    def request(self, model_path, mode, sampler, steps, eta, guidance, class_label, seed, num_images, n_frames,
+                upload1, index1, upload2, index2, interpolate_at, n_points, space, coarse_timesteps, mask):  # fmt: skip
+        """(model, the checked `SampleRequest`, the uploads its mode uses) of the form's values; a bad
+        value, or a request over the app's limits, raises ValueError with one sentence."""
         model = self.registry.load(model_path)
         required = {"Steps": steps, "Seed": seed, "The number of images": num_images, "Eta": eta, "Guidance": guidance}
         for name, value in required.items():
@@ -100,13 +109,29 @@ class SamplingApp:
             mode=mode, sampler=sampler, steps=_whole(steps), eta=_number(eta, "eta"), guidance=_number(guidance, "guidance"),
             class_label=None if class_label in (None, "", ALL_CLASSES) else _whole(class_label), seed=_whole(seed),
             batch_size=_whole(num_images), n_frames=_whole(n_frames), dataset=self.dataset, image_idx1=_whole(index1),
-            image_idx2=_whole(index2), interpolate_at=None if interpolate_at in (None, "") else _whole(interpolate_at),
-            n_points=_whole(n_points), interpolation_space=space, coarse_timesteps=_timesteps(coarse_timesteps),
-            mask=(mask or "").strip() or None,
-        ).resolve(model, max_images=self.max_images)  # fmt: skip
+            image_idx2=_whole(index2), interpolate_at=_blank_or_whole(interpolate_at), n_points=_whole(n_points),
+            interpolation_space=space, coarse_timesteps=_timesteps(coarse_timesteps), mask=(mask or "").strip() or None,
+        ).resolve(model, max_images=self.max_images, max_evaluations=self.max_evaluations)  # fmt: skip
+        return model, request, [upload1, upload2][: sample_request.REAL_IMAGE_MODES.get(request.mode, 0)]
+
+    def preview(self, model_path, *form):
+        """The command line of the form's values (what Generate would draw), or the sentence that
+        refuses them as a shell comment; cheap (nothing is drawn), so it answers beside a running request."""
+        try:
+            _, request, uploads = self.request(model_path, *form)
+        except (ValueError, FileNotFoundError) as error:
+            return f"# {_sentence(error)}"
+        save_name = "samples.gif" if request.mode == "denoising_process" else "samples.png"
+        return self._command(request, model_path, save_name, uploaded=any(uploads))
+
+    def sample(self, model_path, mode, sampler, steps, eta, guidance, class_label, seed, num_images, n_frames,
+               upload1, index1, upload2, index2, interpolate_at, n_points, space, coarse_timesteps, mask, progress=None):  # fmt: skip
+        """Returns (grid PNG path, GIF path or None, files to download, settings JSON, CLI command);
+        a bad value raises ValueError with one sentence."""
+        model, request, uploads = self.request(model_path, mode, sampler, steps, eta, guidance, class_label, seed, num_images, n_frames,
+                                               upload1, index1, upload2, index2, interpolate_at, n_points, space, coarse_timesteps, mask)  # fmt: skip
         size, channels = model.config.unet.image_size, model.config.unet.image_channels
-        count = sample_request.REAL_IMAGE_MODES.get(request.mode, 0)
-        uploads = [upload1, upload2][:count]
+        count = len(uploads)
         given = [None if not path else sample_request.load_image_file(path, size, channels) for path in uploads]
         images = sample_request.real_images(model, request, given) if count else None
 
@@ -123,11 +148,7 @@ class SamplingApp:
         with zipfile.ZipFile(os.path.join(out, "tiles.zip"), "w") as archive:
             for index, tile in enumerate(result.tiles):
                 archive.write(save_image(tile, os.path.join(out, "tiles", f"{index:04d}.png")), f"tiles/{index:04d}.png")
-        uploaded = any(g is not None for g in given)
-        command = request.command(self.registry.label(os.path.realpath(model_path)), os.path.basename(gif_path or grid_path),
-                                  dataset="UPLOADS_DIR" if uploaded else None)  # fmt: skip
-        if uploaded:
-            command += "\n# UPLOADS_DIR: a folder of the images used (the uploads and any dataset image), at the indices given."
+        command = self._command(request, model_path, os.path.basename(gif_path or grid_path), uploaded=any(g is not None for g in given))
         settings = {"model": self.registry.label(os.path.realpath(model_path)), "backend": keras.backend.backend(), **request.settings()}
         if count:
             settings["uploads"] = [g is not None for g in given]
@@ -136,6 +157,12 @@ class SamplingApp:
             json.dump(settings, f, indent=2)
         files = [grid_path, *([gif_path] if gif_path else []), os.path.join(out, "tiles.zip"), settings_path]
         return grid_path, gif_path, files, json.dumps(settings, indent=2), command
+
+    def _command(self, request, model_path, save_name, uploaded):
+        command = request.command(self.registry.label(os.path.realpath(model_path)), save_name, dataset="UPLOADS_DIR" if uploaded else None)
+        if uploaded:
+            command += "\n# UPLOADS_DIR: a folder of the images used (the uploads and any dataset image), at the indices given."
+        return command
 
     def _result_dir(self):
         old = sorted((os.path.join(self.work_dir, d) for d in os.listdir(self.work_dir)), key=os.path.getmtime)
@@ -151,6 +178,16 @@ def _whole(value):
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value)
     return value
+
+
+def _blank_or_whole(value):
+    """A form field where blank means the default (None)."""
+    return None if value is None or (isinstance(value, str) and not value.strip()) else _whole(value)
+
+
+def _sentence(error):
+    """The first line of an error's message: what the app shows of a user's error."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _number(value, name):
@@ -196,8 +233,7 @@ def build_ui(app):
         try:
             return app.sample(*values, progress=progress)
         except (ValueError, FileNotFoundError) as error:
-            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise gr.Error(message, print_exception=False) from None
+            raise gr.Error(_sentence(error), print_exception=False) from None
 
     with gr.Blocks(title="keras_ddpm sampling", analytics_enabled=False) as demo:
         gr.Markdown(f"# keras_ddpm sampling\nDenoising diffusion models on Keras 3 (backend: **{keras.backend.backend()}**).")
@@ -230,12 +266,15 @@ def build_ui(app):
                         upload2 = gr.File(label="Image 2", file_types=["image"], type="filepath", elem_id="upload2")
                         index2 = gr.Number(1, precision=0, label="Image 2 index", elem_id="index2")
                     with gr.Row(visible=False) as interpolation_row:
-                        interpolate_at = gr.Number(None, precision=0, label="Noise to t (blank: T/2)", elem_id="interpolate_at")
+                        # A text field: Gradio's number field shows and sends 0 for an empty value.
+                        interpolate_at = gr.Textbox("", label="Noise to t (blank: T/2)", placeholder="T/2", elem_id="interpolate_at")
                         n_points = gr.Number(10, precision=0, label="Points", elem_id="n_points")
                         space = gr.Radio(["pixel", "latent"], value="pixel", label="Space", elem_id="space")
                     coarse = gr.Textbox(label="Timesteps, one row each (blank: T, 3T/4, T/2, T/4, T/10, T/40)", visible=False, elem_id="coarse")
                     mask = gr.Textbox(label="Box to fill: x0,y0,x1,y1 (blank: the central half)", visible=False, elem_id="mask")
                 run_button = gr.Button("Generate", variant="primary", elem_id="generate")
+                gr.Markdown(f"One request may cost at most {app.max_evaluations:,} network evaluations (images x steps x rows, "
+                            "twice that with guidance).", elem_id="limits")  # fmt: skip
             with gr.Column(scale=1):
                 grid = gr.Image(label="Samples", type="filepath", format="png", interactive=False, height=360, elem_id="grid")
                 gif = gr.Image(label="Denoising process", type="filepath", interactive=False, visible=False, height=360, elem_id="gif")
@@ -248,16 +287,32 @@ def build_ui(app):
         inputs = [model, mode, sampler, steps, eta, guidance, class_label, seed, num_images, n_frames,
                   upload1, index1, upload2, index2, interpolate_at, n_points, space, coarse, mask]  # fmt: skip
         run_button.click(sample, inputs, [grid, gif, files, settings, command], concurrency_id="sampling")
+        # The command preview: cheap and unqueued, so it answers while a request runs.
+        gr.on([demo.load, *(component.change for component in inputs)], app.preview, inputs, command, queue=False, show_progress="hidden")
     return demo
+
+
+def _port(text):
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a whole number from 1 to 65535, not {text!r}")
+    return int(text)
+
+
+def _positive(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return int(text)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="A web app that samples keras_ddpm models.")
     parser.add_argument("--model", action="append", default=[], help="A .keras file to serve as well as saved_models/ (repeatable).")
     parser.add_argument("--host", default="127.0.0.1", help="Address to bind [default: localhost only]; 0.0.0.0 serves the network.")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--port", type=_port, default=7860, help="Port to serve on [default: 7860].")
     parser.add_argument("--dataset", default="mnist_5k", help="Real images chosen by index (interpolation, coarse-to-fine, inpainting).")
     parser.add_argument("--max-images", type=int, default=64, help="Most images one request may draw.")
+    parser.add_argument("--max-evaluations", type=_positive, default=MAX_EVALUATIONS,
+                        help=f"Most network evaluations one request may cost (images x steps x rows, twice that with guidance) [default: {MAX_EVALUATIONS}].")  # fmt: skip
     parser.add_argument("--concurrency", type=int, default=1, help="Sampling requests run at once; the rest wait in the queue.")
     parser.add_argument("--max-queue", type=int, default=32, help="Requests that may wait; more are turned away.")
     return parser.parse_args(argv)
@@ -266,19 +321,38 @@ def parse_args(argv=None):
 def main(argv=None, block=True):
     """Starts the app; with block=False returns (demo, url) and leaves the server running."""
     args = parse_args(argv)
+    _check_port(args.host, args.port)  # before the models load: a taken port fails at once
     try:
         registry = ModelRegistry(args.model)
         if not registry.paths:
             raise ValueError("No model to serve: saved_models/ holds no .keras file; pass --model PATH.")
         for path in registry.paths:
             registry.load(path)  # fail now, not on the first request
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
-    demo = build_ui(SamplingApp(registry, args.dataset, args.max_images))
+    except (ValueError, OSError) as error:  # a missing, unreadable, damaged or foreign file
+        sys.exit(f"error: {_sentence(error)}")
+    demo = build_ui(SamplingApp(registry, args.dataset, args.max_images, args.max_evaluations))
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
-    _, url, _ = demo.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=not block, show_error=False,
-                            quiet=not block, footer_links=["gradio"], css=CSS)  # fmt: skip
+    try:
+        _, url, _ = demo.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=not block, show_error=False,
+                                quiet=not block, footer_links=["gradio"], css=CSS)  # fmt: skip
+    except OSError:  # taken since the check; Gradio's message names its own settings (GRADIO_SERVER_PORT)
+        sys.exit(_port_error(args.host, args.port))
     return demo, url
+
+
+def _check_port(host, port):
+    """Exits with one sentence unless a server can bind `host:port` now."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError:
+        sys.exit(_port_error(host, port))
+
+
+def _port_error(host, port):
+    return f"error: Cannot serve on {host}:{port}: the port is in use (or the address is not this machine's); choose another --port."
 
 
 if __name__ == "__main__":

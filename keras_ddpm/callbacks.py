@@ -67,7 +67,8 @@ class MetricsWriter:
     Values written for a step that already has a row are merged into it (loss and FID
     measured at the same step share a row); new columns rewrite the file with the wider
     header. `resume_step` drops rows after it, so a run resumed from a checkpoint continues
-    the table without duplicated steps.
+    the table without duplicated steps. Rows of an existing file without an integer step or
+    with more fields than its header (damaged) are dropped with one warning.
     """
 
     def __init__(self, csv_path=None, log_dir=None, resume_step=None):
@@ -77,15 +78,29 @@ class MetricsWriter:
         self.columns = list(METRICS_COLUMNS)
         self._writer = None
         if csv_path and os.path.isfile(csv_path):
-            with open(csv_path, newline="") as f:
+            with open(csv_path, newline="", errors="replace") as f:
                 reader = csv.DictReader(f)
                 self.columns = list(reader.fieldnames or self.columns)
-                self.rows = [row for row in reader]
+                read = list(reader)
+            if "step" not in self.columns:
+                self.columns.insert(0, "step")
+            self.rows = [row for row in read if self._row_step(row) is not None]
+            if len(self.rows) != len(read):
+                warnings.warn(f"Skipped {len(read) - len(self.rows)} malformed row(s) of {csv_path} (no integer step, or more fields than its header).")
             if resume_step is not None:
-                kept = [row for row in self.rows if int(row["step"]) <= resume_step]
-                if len(kept) != len(self.rows):
-                    self.rows = kept
-                    self._rewrite()
+                self.rows = [row for row in self.rows if self._row_step(row) <= resume_step]
+            if len(self.rows) != len(read):
+                self._rewrite()
+
+    @staticmethod
+    def _row_step(row):
+        """The step of a row read by `csv.DictReader`, or None if the row is malformed."""
+        if None in row:  # more fields than the header
+            return None
+        try:
+            return int(row.get("step"))
+        except (TypeError, ValueError):
+            return None
 
     def write(self, step, values):
         values = {key: (float(value) if isinstance(value, (np.floating, np.integer)) else value) for key, value in values.items()}

@@ -6,12 +6,37 @@ paper (see the docstrings of the presets below and ../shared/REFERENCE.md).
 """
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("epsilon", "x0", "v")
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
+
+# Bounds on what a config (a preset, a run's config.json, a `.keras` file) may ask to build,
+# checked before anything is built. Each is generous: several times the largest paper preset's
+# (ddpm_256: 256x256, 128 channels, multipliers up to 4, 6 levels, 2 blocks, 114M parameters)
+# and above larger published models' (T = 4000 in improved-diffusion, ImageNet's 1,000 classes,
+# a few hundred million parameters), so they refuse only configs no one means, such as a
+# few-kilobyte file that asks for gigabytes.
+MAX_IMAGE_SIZE = 1024
+MAX_BASE_CHANNELS = 1024
+MAX_CHANNEL_MULTIPLIER = 16
+MAX_LEVELS = 8
+MAX_RES_BLOCKS = 16
+MAX_CLASSES = 100_000
+MAX_TIMESTEPS = 10_000
+MAX_PARAMETERS = 1_000_000_000  # 4 GB of float32 weights in each of the trained and EMA networks
+
+
+def _is_whole(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_whole(name, value, low, high):
+    if not (_is_whole(value) and low <= value <= high):
+        raise ValueError(f"{name} must be a whole number from {low:,} to {high:,}. Received: {name}={value!r}")
 
 
 @dataclass(frozen=True)
@@ -33,16 +58,28 @@ class UNetConfig:
         object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
         if self.image_channels not in (1, 3):
             raise ValueError(f"image_channels must be 1 or 3. Received: image_channels={self.image_channels}")
-        if not self.channel_multipliers:
-            raise ValueError("channel_multipliers must name at least one level.")
+        if not 1 <= len(self.channel_multipliers) <= MAX_LEVELS:
+            raise ValueError(
+                f"channel_multipliers must name 1 to {MAX_LEVELS} levels. "
+                f"Received: channel_multipliers={self.channel_multipliers}"
+            )
+        _check_whole("image_size", self.image_size, 1, MAX_IMAGE_SIZE)
+        _check_whole("base_channels", self.base_channels, 1, MAX_BASE_CHANNELS)
+        if not all(_is_whole(mult) and 1 <= mult <= MAX_CHANNEL_MULTIPLIER for mult in self.channel_multipliers):
+            raise ValueError(
+                f"channel_multipliers must be whole numbers from 1 to {MAX_CHANNEL_MULTIPLIER}. "
+                f"Received: channel_multipliers={self.channel_multipliers}"
+            )
+        _check_whole("num_res_blocks", self.num_res_blocks, 1, MAX_RES_BLOCKS)
+        _check_whole("num_groups", self.num_groups, 1, self.base_channels)
+        _check_whole("num_classes", self.num_classes, 0, MAX_CLASSES)
         downsampling = 2 ** (len(self.channel_multipliers) - 1)
         if self.image_size < downsampling or self.image_size % downsampling:
             raise ValueError(
                 f"image_size must be divisible by 2**(levels - 1) = {downsampling}. "
                 f"Received: image_size={self.image_size}"
             )
-        for mult in self.channel_multipliers:
-            channels = self.base_channels * mult
+        for channels in (self.base_channels, *(self.base_channels * mult for mult in self.channel_multipliers)):
             if channels % self.num_groups:
                 raise ValueError(
                     f"Every level's channels must be divisible by num_groups. "
@@ -50,13 +87,56 @@ class UNetConfig:
                 )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1). Received: dropout={self.dropout}")
-        if self.num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0. Received: num_classes={self.num_classes}")
+        parameters = self.parameter_count()
+        if parameters > MAX_PARAMETERS:
+            raise ValueError(
+                f"The UNet would have {parameters:,} parameters, more than the limit of {MAX_PARAMETERS:,}. "
+                f"Received: base_channels={self.base_channels}, channel_multipliers={self.channel_multipliers}, "
+                f"num_res_blocks={self.num_res_blocks}, num_classes={self.num_classes}"
+            )
 
     @property
     def resolutions(self):
         """The feature-map size at each level, e.g. (32, 16, 8, 4)."""
         return tuple(self.image_size // 2**i for i in range(len(self.channel_multipliers)))
+
+    def parameter_count(self):
+        """The parameters `build_unet(self)` creates, counted from the config alone (nothing is
+        built): its layers in its order, a k x k convolution k*k*in*out + out, a dense layer
+        in*out + out, a group norm 2 per channel."""
+        ch, temb = self.base_channels, 4 * self.base_channels
+
+        def conv(c_in, c_out, kernel=3):
+            return kernel * kernel * c_in * c_out + c_out
+
+        def res_block(c_in, c_out):  # norm1, conv1, temb_proj, norm2, conv2 (+ nin_shortcut)
+            shortcut = conv(c_in, c_out, 1) if c_in != c_out else 0
+            return 2 * c_in + conv(c_in, c_out) + conv(temb, c_out, 1) + 2 * c_out + conv(c_out, c_out) + shortcut
+
+        def attention(c):  # norm, q, k, v, proj_out
+            return 2 * c + 4 * conv(c, c, 1)
+
+        total = conv(ch, temb, 1) + conv(temb, temb, 1) + conv(self.image_channels, ch)
+        total += (self.num_classes + 1) * temb if self.num_classes else 0
+        channels, skips, last = ch, [ch], len(self.channel_multipliers) - 1
+        for level, (mult, size) in enumerate(zip(self.channel_multipliers, self.resolutions)):
+            for _ in range(self.num_res_blocks):
+                total += res_block(channels, ch * mult) + (attention(ch * mult) if size in self.attention_resolutions else 0)
+                channels = ch * mult
+                skips.append(channels)
+            if level != last:
+                total += conv(channels, channels)  # Downsample
+                skips.append(channels)
+        total += 2 * res_block(channels, channels) + attention(channels)  # the middle
+        for level in reversed(range(last + 1)):
+            mult, size = self.channel_multipliers[level], self.resolutions[level]
+            for _ in range(self.num_res_blocks + 1):
+                total += res_block(channels + skips.pop(), ch * mult)
+                total += attention(ch * mult) if size in self.attention_resolutions else 0
+                channels = ch * mult
+            if level != 0:
+                total += conv(channels, channels)  # Upsample
+        return total + 2 * channels + conv(channels, self.image_channels)  # norm_out, conv_out
 
 
 @dataclass(frozen=True)
@@ -77,8 +157,7 @@ class DiffusionConfig:
             raise ValueError(
                 f"prediction must be one of {PREDICTIONS}. Received: prediction={self.prediction!r}"
             )
-        if self.timesteps < 2:
-            raise ValueError(f"timesteps must be at least 2. Received: timesteps={self.timesteps}")
+        _check_whole("timesteps", self.timesteps, 2, MAX_TIMESTEPS)
         if not 0.0 <= self.class_dropout < 1.0:
             raise ValueError(f"class_dropout must be in [0, 1). Received: class_dropout={self.class_dropout}")
 

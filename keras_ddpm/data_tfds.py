@@ -7,6 +7,7 @@ Failures to download or prepare (offline, Google Drive's quota for celeb_a) beco
 `ValueError` sentence saying what to do.
 """
 
+import contextlib
 import dataclasses
 import os
 
@@ -89,12 +90,53 @@ def _download_error(name, builder, error):
     )
 
 
-def prepare(dataset, name):
-    """`download_and_prepare`, a no-op when the dataset is already prepared."""
+# Hosts whose names resolve on any machine that can download: tfds' own bucket and Google Drive
+# (celeb_a and others). Offline, tfds retries every request ten times with exponential back-off
+# (about four minutes and fifty warnings) before it fails.
+PROBE_HOSTS = ("storage.googleapis.com", "drive.google.com")
+PROBE_SECONDS = 5.0
+
+
+def offline_reason(hosts=PROBE_HOSTS, timeout=PROBE_SECONDS):
+    """Why this machine cannot download (none of `hosts` resolves within `timeout` seconds),
+    or None when one of them does."""
+    import concurrent.futures
+    import socket
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(hosts))
+    futures = [pool.submit(socket.getaddrinfo, host, 443) for host in hosts]
+    done, _ = concurrent.futures.wait(futures, timeout=timeout)
+    pool.shutdown(wait=False)  # a resolver still stuck is left behind, not waited for
+    if any(future.exception() is None for future in done):
+        return None
+    errors = [future.exception() for future in done]
+    detail = f": {errors[0]}" if len(done) == len(futures) else f" within {timeout:g} s"
+    return f"no internet access (could not resolve {' or '.join(hosts)}{detail})"
+
+
+@contextlib.contextmanager
+def _retries(count):
+    """tfds' HTTP retries per request (`downloader.MAX_RETRIES`) set to `count` for a while."""
+    from tensorflow_datasets.core.download import downloader
+
+    saved = downloader.MAX_RETRIES
+    downloader.MAX_RETRIES = count
     try:
-        dataset.builder.download_and_prepare()
+        yield
+    finally:
+        downloader.MAX_RETRIES = saved
+
+
+def prepare(dataset, name):
+    """`download_and_prepare`, a no-op when the dataset is already prepared. Offline
+    (`offline_reason`) tfds gets no retries, so a download fails at once, while files already
+    downloaded or placed in the manual folder are still used."""
+    offline = None if dataset.builder.is_prepared() else offline_reason()
+    try:
+        with _retries(0) if offline else contextlib.nullcontext():
+            dataset.builder.download_and_prepare()
     except Exception as error:  # network, quota, checksum, missing manual files: many kinds
-        raise _download_error(name, dataset.builder, error) from error
+        raise _download_error(name, dataset.builder, ConnectionError(offline) if offline else error) from error
 
 
 def read_encoded(dataset, split, shuffle, seed):

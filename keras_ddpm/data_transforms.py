@@ -141,7 +141,8 @@ def resize_image(image, image_size):
 
     if image_size != 32:
         return resize()
-    return tf.cond((shape[0] == 28) & (shape[1] == 28), pad, resize)
+    # tf.cond forgets the branches' common static shape; models need it (batch, size, size, C).
+    return tf.ensure_shape(tf.cond((shape[0] == 28) & (shape[1] == 28), pad, resize), [image_size, image_size, None])
 
 
 def convert_channels(image, image_channels):

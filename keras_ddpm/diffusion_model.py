@@ -1,5 +1,7 @@
 """`DiffusionModel`: the UNet, its EMA copy, the noise schedule, the loss and `generate()`."""
 
+import os
+
 import keras
 import numpy as np
 from keras import ops
@@ -37,7 +39,7 @@ class DiffusionModel(keras.Model):
         self.ema_network.trainable = False
         for ema_weight, weight in zip(self.ema_network.weights, self.network.weights):
             ema_weight.assign(ops.copy(weight.value))  # a copy: JAX must not see one buffer twice
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed_generator = backend.seed_generator(seed)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self._compiled_steps = {}
         self.built = True
@@ -324,7 +326,7 @@ class DiffusionModel(keras.Model):
             A numpy array (N, H, W, C).
         """
         plan = samplers.make_plan(self.schedule, sampler, steps, eta, skip, variance, start_timestep)
-        seed_generator = keras.random.SeedGenerator(seed)
+        seed_generator = backend.seed_generator(seed)
         if noise is None:
             if not num_images or num_images < 1:
                 raise ValueError(f"num_images must be a positive integer. Received: num_images={num_images}")
@@ -394,5 +396,22 @@ def _portable_optimizer_config(config):
 
 
 def load_model(path):
-    """Loads a `.keras` file saved from a `DiffusionModel`, on any backend (safe mode on)."""
-    return keras.saving.load_model(path, safe_mode=True)
+    """Loads a `.keras` file saved from a `DiffusionModel`, on any backend (safe mode on).
+
+    Raises `FileNotFoundError` when there is no file at `path`, and `ValueError` with one
+    sentence when the file is truncated or damaged, or holds some other Keras model.
+    """
+    from keras_ddpm.checkpoints import find_damage  # checkpoints imports the callbacks, which import this
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No model file at {path}.")
+    damage = find_damage(path)
+    if damage:
+        raise ValueError(f"{path} is not a complete .keras file: {damage}.")
+    model = keras.saving.load_model(path, safe_mode=True)
+    if not isinstance(model, DiffusionModel):
+        raise ValueError(
+            f"{path} holds a Keras {type(model).__name__}, not a keras_ddpm DiffusionModel; "
+            "pass a model written by `python cli.py train` or `export`."
+        )
+    return model

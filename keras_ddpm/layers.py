@@ -197,11 +197,11 @@ class AttentionBlock(layers.Layer):
             dense.build(input_shape)
 
     def call(self, x):
-        shape = ops.shape(x)
-        height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+        shape = ops.shape(x)  # height and width may be unknown (None) while TensorFlow traces
+        channels = x.shape[-1]
         h = self.norm.call(x)  # sublayers through `.call`, as in ResidualBlock
         # (N, H*W, heads=1, C): the layout keras.ops.dot_product_attention expects.
-        q, k, v = (ops.reshape(dense.call(h), (-1, height * width, 1, channels)) for dense in (self.q, self.k, self.v))
+        q, k, v = (ops.reshape(dense.call(h), (shape[0], -1, 1, channels)) for dense in (self.q, self.k, self.v))
         h = ops.dot_product_attention(q, k, v)  # scaled by 1/sqrt(C)
         h = ops.reshape(h, shape)
         return x + self.proj_out.call(h)

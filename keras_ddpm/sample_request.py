@@ -26,6 +26,11 @@ SAMPLERS = ("ddim", "ddpm", "dpm_solver")
 STOCHASTIC_MODES = ("coarse_to_fine", "inpainting")  # they default to the ddpm sampler
 REAL_IMAGE_MODES = {"interpolation": 2, "coarse_to_fine": 1, "inpainting": 1}  # mode -> real images used
 MAX_SEED = 2**31 - 1
+MAX_COARSE_TIMESTEPS = 64  # coarse_to_fine rows (DDPM Figure 9 has 6)
+# The network evaluations one request may cost by default (`resolve`'s `max_evaluations`, what
+# the CLI gets): a guard against typos on the user's own machine, about 5 times 1,024 images (the
+# CLI's largest batch) through 1,000 steps with guidance. The app passes its own, far lower, cap.
+MAX_EVALUATIONS = 10_000_000
 COMMON_OPTIONS = ("mode", "sampler", "steps", "eta", "skip", "variance", "guidance", "class_label", "seed", "batch_size", "padding")
 MODE_OPTIONS = {  # the options each mode reads besides the common ones (named as cli.py's, "_" for "-")
     "normal": (),
@@ -65,8 +70,9 @@ class SampleRequest:
     frame_ms: int = 80
     hold_ms: int = 2000
 
-    def resolve(self, model, max_images=1024):
-        """A copy with the defaults filled in; raises ValueError (one sentence) for a bad value."""
+    def resolve(self, model, max_images=1024, max_evaluations=MAX_EVALUATIONS):
+        """A copy with the defaults filled in; raises ValueError (one sentence) for a bad value,
+        or for a request that would cost more than `max_evaluations` (see `network_evaluations`)."""
         timesteps = model.schedule.timesteps
         if self.mode not in modes.MODES:
             raise ValueError(f"mode must be one of {', '.join(modes.MODES)}. Received: mode={self.mode!r}")
@@ -98,13 +104,43 @@ class SampleRequest:
                 raise ValueError(f"The interpolation space must be pixel or latent. Received: {self.interpolation_space!r}")
         coarse = None if self.coarse_timesteps is None else tuple(self.coarse_timesteps)
         if coarse is not None:
-            if not coarse or min(coarse) < 0 or max(coarse) >= timesteps:
+            _check_int("the number of coarse-to-fine timesteps", len(coarse), 1, MAX_COARSE_TIMESTEPS)
+            if min(coarse) < 0 or max(coarse) >= timesteps:
                 raise ValueError(f"Coarse-to-fine timesteps must lie in [0, {timesteps - 1}]. Received: {list(coarse)}")
         for name in ("image_idx1", "image_idx2"):
             _check_int(f"the image index ({name})", getattr(self, name), 0, 10**9)
         if self.mode == "inpainting":
             self.fill_mask(model.config.unet.image_size)  # raises for a bad box
-        return dataclasses.replace(self, sampler=sampler, steps=steps, n_frames=n_frames, coarse_timesteps=coarse)
+        resolved = dataclasses.replace(self, sampler=sampler, steps=steps, n_frames=n_frames, coarse_timesteps=coarse)
+        evaluations = resolved.network_evaluations(model)
+        if evaluations > max_evaluations:
+            raise ValueError(
+                f"One request may cost at most {max_evaluations:,} network evaluations (images x steps x rows, twice "
+                f"that with guidance); draw fewer images, steps or rows. Received: {evaluations:,} evaluations"
+            )
+        return resolved
+
+    def network_evaluations(self, model):
+        """What a resolved request costs: the images the network denoises, summed over every step of
+        every chain (images x steps x rows), twice that with classifier-free guidance (the network
+        runs on [x; x]). The one count that `resolve`'s `max_evaluations` caps, for every mode."""
+        schedule = model.schedule
+        guided = 2 if model.num_classes and self.guidance != 0 else 1
+
+        def chain(start=None):  # the steps of one chain: `DiffusionModel.generate`'s plan
+            return len(samplers.make_plan(schedule, self.sampler, self.steps, self.eta, self.skip, self.variance, start))
+
+        if self.mode == "interpolation" and self.interpolation_space == "latent":  # DDIM inversion of both, then DDIM
+            skip = self.skip or "uniform"
+            inversion = len(samplers.ddim_inversion_plan(schedule, self.steps, skip))
+            return 2 * inversion + guided * self.n_points * len(samplers.ddim_plan(schedule, self.steps, 0.0, skip))
+        if self.mode == "interpolation":
+            start = schedule.timesteps // 2 if self.interpolate_at is None else self.interpolate_at
+            return guided * self.n_points * chain(start)
+        if self.mode == "coarse_to_fine":
+            rows = self.coarse_timesteps or modes.default_coarse_timesteps(schedule.timesteps)
+            return guided * self.batch_size * sum(chain(t) for t in rows)
+        return guided * self.batch_size * chain()
 
     def generate_options(self):
         """The keyword arguments of `DiffusionModel.generate` (and of the `sampling_modes` functions)."""

@@ -20,6 +20,7 @@ import time
 
 import keras
 
+from keras_ddpm import backend
 from keras_ddpm.callbacks import MetricsLogger
 from keras_ddpm.callbacks import MetricsWriter
 from keras_ddpm.callbacks import NonFiniteLossError
@@ -27,6 +28,7 @@ from keras_ddpm.callbacks import SampleGrid
 from keras_ddpm.callbacks import StepCallback
 from keras_ddpm.checkpoints import Checkpoint
 from keras_ddpm.checkpoints import CheckpointManager
+from keras_ddpm.checkpoints import RunLock
 
 MIXED_PRECISION = {"no": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 DISTRIBUTIONS = {"none": None, "mirrored": "tensorflow", "data_parallel": "jax"}
@@ -36,11 +38,16 @@ def set_mixed_precision(mode):
     """Sets Keras' global dtype policy: "no" (float32), "bf16" or "fp16" ("mixed_float16" gets loss scaling).
 
     Call before building the model. Variables (and so EMA weights and optimizer state) stay
-    float32; `DiffusionModel` keeps the schedule math and the loss in float32.
+    float32; `DiffusionModel` keeps the schedule math and the loss in float32. Raises ValueError
+    where the backend cannot compute in that dtype on this machine (`backend.compute_dtype_problem`).
     """
     if mode not in MIXED_PRECISION:
         raise ValueError(f"mixed precision must be one of {tuple(MIXED_PRECISION)}. Received: {mode!r}")
-    keras.config.set_dtype_policy(MIXED_PRECISION[mode])
+    policy = keras.DTypePolicy(MIXED_PRECISION[mode])
+    problem = backend.compute_dtype_problem(policy.compute_dtype)
+    if problem:
+        raise ValueError(f"--mixed-precision {mode}: {problem}")
+    keras.config.set_dtype_policy(policy)
 
 
 def num_replicas(distribute):
@@ -182,6 +189,7 @@ def fit(
     verbose=1,
     callbacks=(),
     writer=None,
+    run_lock=None,
 ):
     """Trains `model` (compiled) on `dataset` until `model.optimizer.iterations == total_steps`.
 
@@ -191,34 +199,36 @@ def fit(
     OUT/samples every `sample_every` steps (0: never). A NaN/inf loss raises
     `NonFiniteLossError` naming the last good checkpoint. `callbacks` run before these (so an
     FID measured at a checkpoint step is in the row that step writes); pass `writer` to
-    share the metrics table with them.
+    share the metrics table with them. OUT is locked meanwhile (`RunLock`; another trainer
+    there raises `RunInUseError`); pass `run_lock` if you hold OUT's lock already.
     """
-    start = int(model.optimizer.iterations)
-    manager = CheckpointManager(os.path.join(out_dir, "checkpoints"), keep=keep_checkpoints)
-    writer = writer or MetricsWriter(os.path.join(out_dir, "metrics.csv"), os.path.join(out_dir, "logs"), resume_step=start)
-    if start >= total_steps:
-        latest = manager.latest()
-        return TrainResult(start, False, None, latest[1] if latest else None)
-    checkpoint = Checkpoint(manager, checkpoint_every)
-    run_callbacks = [*callbacks, MetricsLogger(writer, log_every, batch_size)]
-    if sample_every:
-        run_callbacks.append(SampleGrid(os.path.join(out_dir, "samples"), sample_every, steps=sample_steps))
-    run_callbacks.append(checkpoint)  # last: the metrics of its step are written before it saves
-    if verbose:
-        run_callbacks.append(ProgressBar(total_steps, batch_size or 0))
-    interrupt = GracefulInterrupt(model)
-    try:
-        with interrupt:
-            history = model.fit(dataset, epochs=1, steps_per_epoch=total_steps - start, shuffle=False, verbose=0, callbacks=run_callbacks)
-    except NonFiniteLossError as error:
-        latest = manager.latest()
-        kept = f"the last good checkpoint is {latest[1]} (step {latest[0]})" if latest else "no checkpoint was saved"
-        raise NonFiniteLossError(f"{error} Nothing was saved after it; {kept}.") from None
-    except KeyboardInterrupt:
-        if interrupt.signals < 2:  # not a forced second Ctrl-C: the last finished step is consistent
-            checkpoint.save()
-        raise
-    finally:
-        writer.close()
+    with run_lock or RunLock(out_dir):
+        start = int(model.optimizer.iterations)
+        manager = CheckpointManager(os.path.join(out_dir, "checkpoints"), keep=keep_checkpoints)
+        writer = writer or MetricsWriter(os.path.join(out_dir, "metrics.csv"), os.path.join(out_dir, "logs"), resume_step=start)
+        if start >= total_steps:
+            latest = manager.latest()
+            return TrainResult(start, False, None, latest[1] if latest else None)
+        checkpoint = Checkpoint(manager, checkpoint_every)
+        run_callbacks = [*callbacks, MetricsLogger(writer, log_every, batch_size)]
+        if sample_every:
+            run_callbacks.append(SampleGrid(os.path.join(out_dir, "samples"), sample_every, steps=sample_steps))
+        run_callbacks.append(checkpoint)  # last: the metrics of its step are written before it saves
+        if verbose:
+            run_callbacks.append(ProgressBar(total_steps, batch_size or 0))
+        interrupt = GracefulInterrupt(model)
+        try:
+            with interrupt:
+                history = model.fit(dataset, epochs=1, steps_per_epoch=total_steps - start, shuffle=False, verbose=0, callbacks=run_callbacks)
+        except NonFiniteLossError as error:
+            latest = manager.latest()
+            kept = f"the last good checkpoint is {latest[1]} (step {latest[0]})" if latest else "no checkpoint was saved"
+            raise NonFiniteLossError(f"{error} Nothing was saved after it; {kept}.") from None
+        except KeyboardInterrupt:
+            if interrupt.signals < 2:  # not a forced second Ctrl-C: the last finished step is consistent
+                checkpoint.save()
+            raise
+        finally:
+            writer.close()
     step = checkpoint.step
     return TrainResult(step, step < total_steps, history, checkpoint.saved[-1][1] if checkpoint.saved else None)

@@ -4,6 +4,7 @@ headless Chromium (Debian's `chromium` through PyPI's `playwright`).
 KERAS_DDPM_SCREENSHOT=PATH keeps the browser test's screenshot there (otherwise it goes to a
 temporary folder); the README's screenshot of the shipped model is `docs/make_figures.py --app`."""
 
+import dataclasses
 import os
 import shlex
 import shutil
@@ -17,10 +18,13 @@ from click.testing import CliRunner
 from conftest import randomize_weights
 from PIL import Image
 
+import keras_ddpm
 from keras_ddpm import DiffusionModel
 from keras_ddpm import get_preset
 from keras_ddpm import sample_request
+from keras_ddpm import samplers
 from keras_ddpm import sampling_modes
+from keras_ddpm.diffusion_model import to_uint8
 from keras_ddpm.images import make_grid
 
 gradio = pytest.importorskip("gradio")
@@ -48,7 +52,7 @@ def form(path, **values):
     """The form's values in `SamplingApp.sample`'s order (the UI's defaults, then `values`)."""
     defaults = dict(
         model_path=path, mode="normal", sampler="ddim", steps=STEPS, eta=0.0, guidance=0.0, class_label=sample_app.ALL_CLASSES,
-        seed=0.0, num_images=10.0, n_frames=20.0, upload1=None, index1=0.0, upload2=None, index2=1.0, interpolate_at=None,
+        seed=0.0, num_images=10.0, n_frames=20.0, upload1=None, index1=0.0, upload2=None, index2=1.0, interpolate_at="",
         n_points=10.0, space="pixel", coarse_timesteps="", mask="",
     )  # fmt: skip
     return {**defaults, **values}
@@ -105,6 +109,169 @@ def test_commands_name_the_modes_options(app, model_path):
 def test_bad_values_give_one_sentence(app, model_path, values, message):
     with pytest.raises(ValueError, match=message):
         app.sample(**form(model_path, **values))
+
+
+def test_requests_over_the_limits_are_refused_before_sampling(app, model_path, monkeypatch):
+    def sampled(*args, **kwargs):
+        raise AssertionError("the request was not refused")
+
+    monkeypatch.setattr(sample_request, "real_images", sampled)
+    monkeypatch.setattr(sample_request, "run", sampled)
+    many_rows = dict(mode="coarse_to_fine", sampler="ddpm", num_images=64.0, coarse_timesteps=",".join(["50"] * 5000))
+    with pytest.raises(ValueError, match=r"^The number of coarse-to-fine timesteps must be a whole number from 1 to 64\. Received: 5000$"):
+        app.sample(**form(model_path, **many_rows))
+    # 3 rows x 64 images x 100 DDPM steps, each row from t = 99: 19,200 evaluations.
+    long_rows = dict(many_rows, coarse_timesteps="99,99,99", steps=100.0)
+    with pytest.raises(ValueError, match=r"at most 16,000 network evaluations .* Received: 19,200 evaluations$"):
+        app.sample(**form(model_path, **long_rows))
+    assert app.preview(*form(model_path, **long_rows).values()).startswith("# One request may cost at most 16,000 network evaluations")
+    assert sample_app.parse_args([]).max_evaluations == sample_app.MAX_EVALUATIONS == 16_000
+    # The CLI's defaults (`resolve(model)`): the same row limit, and 10 million evaluations.
+    model = app.registry.load(model_path)
+    with pytest.raises(ValueError, match="coarse-to-fine timesteps must be a whole number from 1 to 64. Received: 5000"):
+        sample_request.SampleRequest(mode="coarse_to_fine", coarse_timesteps=(50,) * 5000).resolve(model)
+    rows = sample_request.SampleRequest(mode="coarse_to_fine", batch_size=1024, coarse_timesteps=(99,) * 64, steps=100)
+    assert rows.resolve(model).network_evaluations(model) == 1024 * 64 * 100  # 6.6 million: allowed
+    with pytest.raises(ValueError, match=r"at most 10,000,000 network evaluations .* Received: 13,107,200 evaluations$"):
+        dataclasses.replace(rows, guidance=1.0).resolve(model)
+
+
+class CountingModel:
+    """A model that draws nothing and counts the network evaluations `sample_request.run` asks of
+    it: each chain's planned steps x its images (x2 with guidance), and DDIM inversions."""
+
+    def __init__(self, model):
+        self._model = model
+        self.evaluations = 0
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def generate(self, num_images=None, noise=None, callback=None, callback_steps=None, sampler="ddim", steps=50, eta=0.0,
+                 skip=None, variance="fixed_small", start_timestep=None, guidance=0.0, class_labels=None, **_):  # fmt: skip
+        plan = samplers.make_plan(self._model.schedule, sampler, steps, eta, skip, variance, start_timestep)
+        count = len(noise) if noise is not None else num_images
+        guided = self._model._labels_for(class_labels, count) is not None and guidance != 0  # as `generate` decides
+        self.evaluations += count * len(plan) * (2 if guided else 1)
+        x = np.zeros((count, *self._model.image_shape), np.float32)
+        for step, t in enumerate(plan.timesteps):
+            if callback is not None and (callback_steps is None or step in callback_steps):
+                callback(step, t, x, x)
+        return to_uint8(x)
+
+    def invert(self, images, steps=50, skip="uniform", **_):
+        self.evaluations += len(images) * len(samplers.ddim_inversion_plan(self._model.schedule, steps, skip))
+        return np.asarray(images)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        dict(mode="normal", steps=7, batch_size=5),
+        dict(mode="normal", steps=7, batch_size=5, guidance=1.5),
+        dict(mode="denoising_process", sampler="dpm_solver", steps=6, batch_size=3, n_frames=4),
+        dict(mode="sequence", sampler="ddpm", steps=9, batch_size=2, n_frames=3),
+        dict(mode="interpolation", steps=10, n_points=4, interpolate_at=30, guidance=1.0),
+        dict(mode="interpolation", steps=10, n_points=4, interpolation_space="latent", guidance=1.0),
+        dict(mode="coarse_to_fine", steps=20, batch_size=3, coarse_timesteps=(99, 60, 7)),
+        dict(mode="coarse_to_fine", sampler="ddim", eta=1.0, skip="quadratic", steps=8, batch_size=2),
+        dict(mode="inpainting", steps=5, batch_size=3, guidance=2.0, class_label=1),
+    ],
+)
+def test_network_evaluations_are_what_each_mode_runs(app, model_path, values):
+    model = app.registry.load(model_path)
+    request = sample_request.SampleRequest(**values).resolve(model)
+    counting = CountingModel(model)
+    images = list(np.random.default_rng(0).uniform(-1, 1, (sample_request.REAL_IMAGE_MODES.get(request.mode, 0), *model.image_shape)))
+    sample_request.run(counting, request, images or None)
+    assert request.network_evaluations(model) == counting.evaluations > 0
+
+
+def test_preview_answers_while_the_longest_allowed_request_runs(app, model_path, tmp_path):
+    # A cap of 6 images x 25 steps (6 of class 3, as the first test draws): the longest request it
+    # allows runs in a thread while the command preview (the form's light handler, unqueued in the
+    # app) is timed.
+    capped = sample_app.SamplingApp(app.registry, max_images=6, max_evaluations=6 * 25, work_dir=str(tmp_path))
+    longest = form(model_path, num_images=6.0, class_label="3", steps=25.0)
+    model, request, _ = capped.request(*longest.values())
+    assert request.network_evaluations(model) == capped.max_evaluations
+    with pytest.raises(ValueError, match=r"at most 150 network evaluations .* Received: 156 evaluations$"):
+        capped.request(*form(model_path, num_images=6.0, steps=26.0).values())
+    reported, running, errors = [], threading.Event(), []
+
+    def progress(value, **_):
+        reported.append(value)
+        if value[0] >= 2:
+            running.set()
+
+    def sample():
+        try:
+            capped.sample(**longest, progress=progress)
+        except Exception as error:  # surfaced below
+            errors.append(error)
+            running.set()
+
+    thread = threading.Thread(target=sample)
+    thread.start()
+    try:
+        assert running.wait(120) and not errors, errors
+        start = time.perf_counter()
+        command = capped.preview(*form(model_path, seed=5.0, num_images=3.0).values())
+        elapsed, at = time.perf_counter() - start, reported[-1]
+    finally:
+        thread.join(300)
+    assert not errors and reported[-1] == (25, 25), errors
+    assert at[0] < 25  # the preview answered while the request ran
+    assert elapsed < 1.0 and "--seed 5 --batch-size 3" in command
+
+
+def browser_values(demo, event):
+    """The values the page sends for `event`'s inputs as it loads: each field's initial value, except
+    that Gradio's number field shows and sends 0 for a blank (None) one (its frontend: `value ??= 0`)."""
+    (function,) = [f for f in demo.fns.values() if f.name == event]
+    values = {}
+    for component in function.inputs:
+        value = 0 if isinstance(component, gradio.Number) and component.value is None else component.value
+        values[component.elem_id] = component.preprocess(value) if value is not None else None
+    return values
+
+
+def test_interpolation_starts_at_half_T_not_0(app, model_path):
+    demo = sample_app.build_ui(app)
+    values = browser_values(demo, "sample")
+    assert values["interpolate_at"] in ("", None)  # blank: T/2, a diffusion interpolation (0 is a cross-fade)
+    values.update(mode="interpolation", model=model_path)
+    _, request, _ = app.request(*values.values())
+    assert request.interpolate_at is None and "--interpolate-at" not in app.preview(*values.values())
+    assert "--interpolate-at 30" in app.preview(*dict(values, interpolate_at=" 30 ").values())
+    assert app.preview(*dict(values, interpolate_at="half").values()).startswith("# The interpolation timestep must be a whole number")
+
+
+def test_a_port_in_use_gives_one_sentence_naming_port(model_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exited:
+            sample_app.main(["--model", model_path, "--port", str(port)], block=False)
+    message = exited.value.code  # a string: printed to stderr, exit status 1, no traceback
+    assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message
+    assert f"127.0.0.1:{port}" in message and "--port" in message and "GRADIO" not in message
+    with pytest.raises(SystemExit) as exited:
+        sample_app.main(["--port", "99999"])  # argparse: usage and exit status 2
+    assert exited.value.code == 2
+
+
+def test_model_load_errors_give_one_sentence(model_path, monkeypatch):
+    def refuse(path):
+        raise ValueError(f"{os.path.basename(path)} is not a keras_ddpm model.\nIt holds a keras.Sequential.")
+
+    monkeypatch.setattr(keras_ddpm, "load_model", refuse)  # as keras_ddpm.load_model does for a foreign .keras
+    with pytest.raises(SystemExit) as exited:
+        demo, _ = sample_app.main(["--model", model_path, "--port", str(free_port())], block=False)
+        demo.close()  # not reached unless the app served the model
+    message = exited.value.code
+    assert isinstance(message, str) and "tiny.keras is not a keras_ddpm model." in message and "\n" not in message
 
 
 def test_uploads_are_converted_like_the_data_pipeline(app, model_path, tmp_path):

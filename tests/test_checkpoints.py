@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 
 import keras
 import numpy as np
@@ -18,6 +19,7 @@ from keras_ddpm import DiffusionModel
 from keras_ddpm import load_model
 from keras_ddpm.callbacks import MetricsWriter
 from keras_ddpm.checkpoints import CheckpointManager
+from keras_ddpm.checkpoints import is_complete
 
 
 def numpy_weights(network):
@@ -32,17 +34,27 @@ def test_checkpoints_are_atomic_complete_and_pruned(tmp_path, tiny_images):
     for step in (2, 4, 6):
         manager.save(model, step)
     assert [s for s, _ in manager.checkpoints()] == [4, 6]
-    # A newer file that a crash left half-written is skipped; a dead writer's temporary file is removed.
-    with open(manager.path_for(6)[:-6] + "x.keras", "wb"):
+    with open(manager.path_for(6)[:-6] + "x.keras", "wb"):  # not a checkpoint's name
         pass
-    with open(tmp_path / "ckpt-00000008.keras", "wb") as f:
-        f.write(open(manager.path_for(6), "rb").read()[:5000])
-    (tmp_path / ".tmp-1-ckpt-00000010.keras").write_bytes(b"partial")
-    assert manager.latest() == (6, manager.path_for(6))
-    manager.prune()
-    assert not (tmp_path / ".tmp-1-ckpt-00000010.keras").exists()
+    # Newer files that a crash or a bad disk left behind are skipped when loading, each with its reason.
+    good = open(manager.path_for(6), "rb").read()
+    (tmp_path / "ckpt-00000008.keras").write_bytes(good[:5000])  # truncated: no zip directory
+    damaged = bytearray(good)
+    damaged[len(good) // 2] ^= 0xFF  # inside model.weights.h5; the zip directory is intact
+    (tmp_path / "ckpt-00000010.keras").write_bytes(damaged)
+    with zipfile.ZipFile(manager.path_for(6)) as source, zipfile.ZipFile(tmp_path / "ckpt-00000012.keras", "w") as archive:
+        for name in ("metadata.json", "config.json"):
+            archive.writestr(name, source.read(name))
+        archive.writestr("model.weights.h5", b"not HDF5")  # whole zip, weights that do not load
+    assert not is_complete(manager.path_for(8)) and not is_complete(manager.path_for(10))
+    assert manager.latest() == (12, manager.path_for(12))
+    restored, skipped = manager.load_latest(load_model)
+    assert restored[:2] == (6, manager.path_for(6))
+    reasons = [(os.path.basename(path), reason.split(" (")[0]) for path, reason in skipped]
+    assert reasons == [("ckpt-00000012.keras", "it does not load"), ("ckpt-00000010.keras", "model.weights.h5 fails its CRC-32 check"),
+                       ("ckpt-00000008.keras", "it is not a complete zip file")]  # fmt: skip
 
-    loaded = load_model(manager.path_for(6))
+    loaded = restored[2]
     assert int(loaded.optimizer.iterations) == 2
     for a, b in zip(numpy_weights(loaded.ema_network), numpy_weights(model.ema_network)):
         np.testing.assert_array_equal(a, b)
@@ -51,6 +63,27 @@ def test_checkpoints_are_atomic_complete_and_pruned(tmp_path, tiny_images):
     # The random stream continues: the seed state is saved (Keras saves no SeedGenerator state).
     np.testing.assert_array_equal(ops.convert_to_numpy(loaded.seed_generator.state), ops.convert_to_numpy(model.seed_generator.state))
     assert ops.convert_to_numpy(model.seed_generator.state).sum() > 0
+
+    # A run resumed at step 6 keeps its own newest two when it prunes; the skipped newer files wait to be
+    # overwritten. Temporary files go only if their writer has ended: this process, or one that exited.
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    temporaries = {pid: tmp_path / f".tmp-{pid}-ckpt-00000014.keras" for pid in (os.getpid(), exited.pid, os.getppid())}
+    for path in temporaries.values():
+        path.write_bytes(b"partial")
+    manager.prune(6)
+    assert [s for s, _ in manager.checkpoints()] == [4, 6, 8, 10, 12]
+    assert [pid for pid, path in temporaries.items() if path.exists()] == [os.getppid()]  # alive: still writing
+
+
+def test_metrics_writer_skips_malformed_rows_with_one_warning(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,loss,lr,images_per_sec\n2,0.5,0.001,9.0\ngarbage,row\n4,0.4,0.001,9.0,extra\n\x00\x00\x00\n6,0.3,0.001,9.0\n")
+    with pytest.warns(UserWarning, match="Skipped 3 malformed row") as record:
+        writer = MetricsWriter(str(path), resume_step=4)
+    assert len(record) == 1
+    writer.write(8, {"loss": 0.2})
+    assert [(r["step"], r["loss"]) for r in csv.DictReader(open(path))] == [("2", "0.5"), ("8", "0.2")]
 
 
 def test_metrics_writer_merges_rows_and_drops_rows_after_the_resume_step(tmp_path):

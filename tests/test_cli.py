@@ -106,7 +106,7 @@ def test_sample_rejects_bad_values(trained_run, tmp_path):
     bad = tmp_path / "bad.keras"
     bad.write_bytes(b"not a zip")
     result = CliRunner().invoke(cli, ["sample", "--model", str(bad)])
-    assert result.exit_code == 1 and "Could not load" in result.output
+    assert result.exit_code == 1 and "bad.keras is not a complete .keras file" in result.output
 
 
 def test_cli_offers_every_sampler_the_library_has():

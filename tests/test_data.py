@@ -195,6 +195,38 @@ def test_tfds_errors(monkeypatch):
         data.make_dataset("cifar10", 32, 3, 4)
 
 
+def test_tfds_offline_gets_no_retries_and_fails_within_seconds(monkeypatch, tmp_path):
+    """Offline, tfds retried each request with back-off for about 245 s before failing (issue 18).
+    Now, when no download host resolves, tfds runs without retries (files already downloaded
+    or placed by hand still prepare) and the failure names the cause."""
+    import socket
+    import time
+
+    from keras_ddpm import data_tfds
+    from tensorflow_datasets.core.download import downloader
+
+    def no_dns(host, *args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    retries = []
+
+    def download_fails(self, *args, **kwargs):
+        retries.append(downloader.MAX_RETRIES)
+        raise ConnectionError("Max retries exceeded with url: https://www.cs.toronto.edu/")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", download_fails)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"cifar10 .*no internet access \(could not resolve storage\.googleapis\.com"):
+        data.make_dataset("cifar10", 32, 3, 4, data_dir=str(tmp_path))
+    assert time.perf_counter() - start < 10 and retries == [0] and downloader.MAX_RETRIES == 10
+    # A resolver that hangs counts as offline after the probe's timeout.
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: time.sleep(3))
+    start = time.perf_counter()
+    assert "within 0.5 s" in data_tfds.offline_reason(timeout=0.5)
+    assert time.perf_counter() - start < 2
+
+
 # Image folders.
 
 
@@ -290,6 +322,16 @@ def test_cache_gives_the_same_images(tmp_path, cache):
         assert any(name.startswith("images-") and "_16px_3ch_center" in name for name in os.listdir(cache))
     training = batches(data.make_dataset(str(images), 16, 3, 4, cache=cache, seed=0).take(4))
     assert all(b.shape == (4, 16, 16, 3) for b in training)
+
+
+@pytest.mark.parametrize("size", [32, 24])
+def test_folder_batches_have_a_static_image_shape_at_any_size(tmp_path, size):
+    """32 goes through the 28 -> 32 padding branch (a tf.cond), which lost the static shape: a
+    traced training step then saw (N, None, None, C) and the attention block failed (issue 18)."""
+    for i in range(4):
+        Image.fromarray(ramp_image(40, 40 + i)).save(tmp_path / f"{i}.png")
+    dataset = data.make_dataset(str(tmp_path), size, 1, 2, seed=0)
+    assert tuple(dataset.element_spec.shape) == (2, size, size, 1)
 
 
 # Training with it.

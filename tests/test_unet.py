@@ -89,6 +89,23 @@ def test_presets_carry_the_papers_training_settings():
     assert celeba.unet.attention_resolutions == (16,) and celeba.unet.dropout == 0.1
 
 
+def test_attention_block_takes_unknown_height_and_width():
+    """TensorFlow traces a training step with the pipeline's shape; where height and width are
+    unknown (None) the block must still compute, and give the static-shape result (issue 18)."""
+    block = AttentionBlock(num_groups=4)
+    block.build((None, None, None, 8))
+    for weight in block.weights:
+        weight.assign(np.random.default_rng(1).standard_normal(weight.shape).astype("float32") * 0.1 + ("gamma" in weight.path))
+    x = np.random.default_rng(0).standard_normal((2, 6, 5, 8)).astype("float32")
+    expected = ops.convert_to_numpy(block(ops.convert_to_tensor(x)))
+    assert np.abs(expected - x).max() > 1e-3  # the attention branch is not a no-op
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        traced = tf.function(block, input_signature=[tf.TensorSpec((None, None, None, 8), tf.float32)])
+        np.testing.assert_allclose(traced(x).numpy(), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("make", [
     lambda cls: cls(6, 3, padding="same"),
     lambda cls: cls(6, 1),
