@@ -3,9 +3,10 @@
 # needs its own process). Extra arguments go to pytest, e.g. ./run_tests.sh -m "not slow".
 #
 # The suites spend much of their time tracing and compiling on one core (TensorFlow's used 1.1
-# cores on average on a 2-core machine), so with 2 or more cores they run in two lanes at once:
-# TensorFlow, and PyTorch then JAX. Each line is prefixed with its backend. TEST_LANES=1 runs the
-# three one after another.
+# cores on average on a 2-core machine), so with 2 or more cores the three run at once, one lane
+# each, and share the cores (TEST_LANES=2: TensorFlow, and PyTorch then JAX, which left a core
+# idle once TensorFlow's lane ended). Each line is prefixed with its backend. TEST_LANES=1 runs
+# the three one after another.
 set -u
 cd "$(dirname "$0")"
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
@@ -33,7 +34,13 @@ lane() {  # runs `suites "$@"` with each output line prefixed; its status goes t
 
 pytest_args=("$@")
 start=$SECONDS
-if [ "${TEST_LANES:-2}" -ge 2 ] && [ "$(nproc)" -ge 2 ]; then
+if [ "${TEST_LANES:-3}" -ge 3 ] && [ "$(nproc)" -ge 2 ]; then
+  lanes=(tensorflow torch jax)
+  lane tensorflow tensorflow &
+  lane torch torch &
+  lane jax jax &
+  wait
+elif [ "${TEST_LANES:-3}" -ge 2 ] && [ "$(nproc)" -ge 2 ]; then
   lanes=(tensorflow torch+jax)
   lane tensorflow tensorflow &
   lane torch+jax torch jax &
