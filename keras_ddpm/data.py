@@ -108,15 +108,9 @@ def tensorflow_installed():
 
 def import_tensorflow():
     """TensorFlow for tf.data only: under JAX or PyTorch it must not take the GPU's memory."""
-    import keras
-    import tensorflow as tf
+    from keras_ddpm import backend
 
-    if keras.backend.backend() != "tensorflow":
-        try:
-            tf.config.set_visible_devices([], "GPU")
-        except RuntimeError:  # TensorFlow's devices were already initialised
-            pass
-    return tf
+    return backend.tensorflow_for_data()
 
 
 class _Source:
@@ -195,16 +189,11 @@ def _cache_path(cache, name, image_size, image_channels, crop):
 
 def _prefetch_device(prefetch_to_device):
     """The device to prefetch batches to, or None."""
-    import keras
+    from keras_ddpm import backend
 
     if prefetch_to_device != "auto":
         return prefetch_to_device or None
-    if keras.backend.backend() != "tensorflow":
-        return None  # JAX and PyTorch move batches to their devices themselves
-    tf = import_tensorflow()
-    if not tf.config.list_logical_devices("GPU") or tf.distribute.has_strategy():
-        return None  # a distribution strategy places batches itself
-    return "/GPU:0"
+    return backend.prefetch_device()
 
 
 def make_dataset(

@@ -48,6 +48,35 @@ def default_jit_compile():
     return "auto"
 
 
+def tensorflow_for_data():
+    """TensorFlow for tf.data pipelines: under JAX or PyTorch it must not take the GPU's memory."""
+    import tensorflow as tf
+
+    if backend_name() != "tensorflow":
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:  # TensorFlow's devices were already initialised
+            pass
+    return tf
+
+
+def prefetch_device():
+    """The device tf.data should prefetch batches to ("/GPU:0"), or None: JAX and PyTorch move
+    batches to their devices themselves, and a tf.distribute strategy places them itself."""
+    if backend_name() != "tensorflow":
+        return None
+    tf = tensorflow_for_data()
+    if not tf.config.list_logical_devices("GPU") or tf.distribute.has_strategy():
+        return None
+    return "/GPU:0"
+
+
+def child_environment(backend, **extra):
+    """`os.environ` for a child Python process on Keras backend `backend` (TensorFlow's C++ logs
+    quiet), with `extra` variables added."""
+    return {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", **extra}
+
+
 def seed_generator(seed=None):
     """`keras.random.SeedGenerator(seed)` whose draws for neighbouring seeds are independent.
 
