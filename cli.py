@@ -88,6 +88,9 @@ def load_model_file(path):
 @click.option("-v", "--traceback", "show_traceback", is_flag=True, help="Show the traceback of an unexpected error.")
 def cli(show_traceback):
     """Denoising diffusion models (DDPM, DDIM) in Keras 3 on TensorFlow, PyTorch and JAX."""
+    from keras_ddpm import backend
+
+    backend.configure_xla_cpu()
 
 
 @cli.command()
@@ -151,7 +154,7 @@ def train(**options):
     replicas = training.num_replicas(o["distribute"])
     if config.train.batch_size % replicas:
         raise ValueError(f"The batch size {config.train.batch_size} does not split evenly across {replicas} devices.")
-    if o["steps_per_execution"] > 1 and keras.backend.backend() == "torch":
+    if o["steps_per_execution"] > 1 and not backend.supports_steps_per_execution():
         raise ValueError("--steps-per-execution needs the tensorflow or jax backend; PyTorch runs one step per call.")
     manager = CheckpointManager(os.path.join(out_dir, "checkpoints"), keep=o["keep_checkpoints"])
     with contextlib.ExitStack() as held:

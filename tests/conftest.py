@@ -6,6 +6,10 @@ import keras
 import numpy as np
 import pytest
 
+from keras_ddpm import backend
+
+backend.configure_xla_cpu()  # before any JAX computation, as the CLI and the app do
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKENDS = ("tensorflow", "torch", "jax")
 

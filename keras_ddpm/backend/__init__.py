@@ -14,20 +14,20 @@ import os
 import keras
 
 # XLA's CPU compiler (jax 0.10) hands convolutions, matrix products and element-wise ops to the
-# YNNPACK library by default. On this project's 2-core machine that made a jitted ddpm_cifar10
-# forward pass (batch 8) take 0.77 s, against 0.62 s with it switched off, so JAX runs without
-# it unless XLA_FLAGS already says otherwise. XLA reads its flags when JAX first computes, so
-# this works when keras_ddpm is imported before any JAX computation.
+# YNNPACK library by default, which made this project's CPU forward passes slower (see
+# docs/performance.md).
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 
 
-def _switch_off_xla_cpu_ynnpack():
+def configure_xla_cpu():
+    """Switches XLA's CPU YNNPACK fusions off for JAX, unless XLA_FLAGS already names them.
+
+    XLA reads its flags when JAX first computes, so call this before any JAX computation (the CLI
+    and the app do, first thing). Changes `os.environ["XLA_FLAGS"]`; nothing on other backends.
+    """
     flags = os.environ.get("XLA_FLAGS", "")
-    if keras.backend.backend() == "jax" and YNN_FLAG not in flags:
+    if backend_name() == "jax" and YNN_FLAG not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} {YNN_FLAG}=".strip()
-
-
-_switch_off_xla_cpu_ynnpack()
 
 
 def backend_name():
@@ -75,6 +75,12 @@ def child_environment(backend, **extra):
     """`os.environ` for a child Python process on Keras backend `backend` (TensorFlow's C++ logs
     quiet), with `extra` variables added."""
     return {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", **extra}
+
+
+def supports_steps_per_execution():
+    """Whether `fit` can run several steps per call (`steps_per_execution` > 1): TensorFlow and
+    JAX; PyTorch runs one step per call."""
+    return backend_name() != "torch"
 
 
 def seed_generator(seed=None):
