@@ -1,17 +1,17 @@
 """Input-pipeline throughput against what the ddim_celeba64 training step consumes on an H100.
 
-    PYTHONPATH=. KERAS_BACKEND=tensorflow python bench/bench_data.py [--images 2000] [--json bench/bench_data.json]
+    KERAS_BACKEND=tensorflow python bench/bench_data.py [--images 2000] [--json bench/bench_data.json]
 
 1. Writes `--images` CelebA-like JPEGs (178x218, quality 90, smooth content plus noise, ~8 KB:
    a little more than aligned CelebA's 7.0 KB mean, 1.44 GB / 202,599 files) to a temporary
    folder and times `make_dataset(folder, 64, 3, 128, crop="celeba", horizontal_flip=True)`
    uncached and cached in memory, in images/s on this machine (`--cores N` pins the process
    to N cores first, to measure how decoding scales with cores).
-2. Counts the forward FLOPs of the ddim_celeba64 UNet for one 64x64 image twice: with
-   TensorFlow's graph profiler (every op with registered FLOPs) and analytically (2 x MACs of
-   every convolution, dense projection and attention matmul). Training costs ~3x the forward
-   pass (backward = 2x forward). An H100 SXM runs 989 TFLOP/s dense bf16 at peak; assuming
-   `--mfu` of it (40% is good for a conv UNet) gives the images/s one training step consumes.
+2. Counts the forward FLOPs of the ddim_celeba64 UNet for one 64x64 image with
+   `keras_ddpm.flops` (2 x the multiply-adds of every convolution, dense projection and
+   attention product). Training costs ~3x the forward pass (backward = 2x forward). An H100
+   SXM runs 989 TFLOP/s dense bf16 at peak; assuming `--mfu` of it (40% is good for a conv
+   UNet) gives the images/s one training step consumes.
 3. Prints the ratio pipeline / consumption (the target is >= 5) and writes everything as JSON.
    The uncached figure is CPU-bound JPEG decoding and grows with cores; the line "16-core
    host" scales the per-core figure linearly to the 16 cores an H100 machine here has (an
@@ -22,13 +22,10 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 H100_BF16_DENSE_PEAK = 989e12  # FLOP/s, H100 SXM5 datasheet (without sparsity)
 TRAIN_OVER_FORWARD = 3.0
@@ -62,48 +59,6 @@ def time_pipeline(folder, count, cache, batch_size, batches):
     return batches * batch_size / (time.perf_counter() - start)
 
 
-def profiler_flops(network, image_size):
-    import tensorflow as tf
-    from tensorflow.python.profiler import model_analyzer
-    from tensorflow.python.profiler import option_builder
-
-    @tf.function
-    def forward(images, timesteps):
-        return network([images, timesteps], training=False)
-
-    concrete = forward.get_concrete_function(
-        tf.TensorSpec((1, image_size, image_size, 3), tf.float32), tf.TensorSpec((1,), tf.int32)
-    )
-    options = option_builder.ProfileOptionBuilder(option_builder.ProfileOptionBuilder.float_operation()).with_empty_output().build()
-    return model_analyzer.profile(graph=concrete.graph, options=options).total_float_ops
-
-
-def analytic_flops(network):
-    """2 x multiply-adds of convolutions, dense projections and attention, per image."""
-    from keras_ddpm.layers import AttentionBlock
-    from keras_ddpm.layers import Downsample
-    from keras_ddpm.layers import ResidualBlock
-    from keras_ddpm.layers import Upsample
-
-    total = 0
-    for layer in network.layers:
-        if not isinstance(layer, (ResidualBlock, AttentionBlock, Downsample, Upsample)) and layer.__class__.__name__ != "Conv2D":
-            continue
-        inputs = layer.input[0] if isinstance(layer.input, (list, tuple)) else layer.input
-        _, height, width, channels_in = inputs.shape
-        _, out_height, out_width, channels = layer.output.shape
-        positions = out_height * out_width
-        if isinstance(layer, ResidualBlock):
-            total += 2 * positions * 9 * (channels_in * channels + channels * channels)
-            total += 2 * positions * channels_in * channels if channels_in != channels else 0
-        elif isinstance(layer, AttentionBlock):
-            total += 4 * 2 * positions * channels * channels  # q, k, v, proj_out
-            total += 2 * 2 * positions * positions * channels  # q k^T and (.) v
-        else:  # conv_in, conv_out, strided downsampling, upsampling conv (at the output size)
-            total += 2 * positions * 9 * channels_in * channels
-    return total
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
@@ -119,6 +74,7 @@ def main():
 
     from keras_ddpm import build_unet
     from keras_ddpm import get_preset
+    from keras_ddpm.flops import unet_forward_flops
 
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
@@ -131,17 +87,15 @@ def main():
 
     config = get_preset("ddim_celeba64").unet
     network = build_unet(config)
-    flops_profiler = profiler_flops(network, config.image_size)
-    flops_analytic = analytic_flops(network)
-    consumed = args.mfu * H100_BF16_DENSE_PEAK / (TRAIN_OVER_FORWARD * flops_profiler)
+    flops = unet_forward_flops(network)
+    consumed = args.mfu * H100_BF16_DENSE_PEAK / (TRAIN_OVER_FORWARD * flops)
 
     rows = [
         ("pipeline, uncached (decode+crop+resize+flip)", f"{uncached:,.0f} images/s"),
         ("pipeline, cached in memory", f"{cached:,.0f} images/s"),
         (f"uncached, 16-core host (extrapolated: {H100_HOST_CORES} x per core)", f"{uncached / cores * H100_HOST_CORES:,.0f} images/s"),
         ("ddim_celeba64 parameters", f"{network.count_params():,}"),
-        ("forward GFLOPs / image (TF profiler)", f"{flops_profiler / 1e9:.2f}"),
-        ("forward GFLOPs / image (analytic)", f"{flops_analytic / 1e9:.2f}"),
+        ("forward GFLOPs / image (keras_ddpm.flops)", f"{flops / 1e9:.2f}"),
         (f"H100 training consumption ({args.mfu:.0%} of 989 TFLOP/s, 3x forward)", f"{consumed:,.0f} images/s"),
         ("ratio uncached / consumption (target >= 5)", f"{uncached / consumed:.2f}"),
         ("ratio cached / consumption (target >= 5)", f"{cached / consumed:.2f}"),
@@ -159,8 +113,7 @@ def main():
         "image_size": 64,
         "uncached_images_per_s": uncached,
         "cached_images_per_s": cached,
-        "forward_flops_profiler": int(flops_profiler),
-        "forward_flops_analytic": int(flops_analytic),
+        "forward_flops": int(flops),
         "assumed_mfu": args.mfu,
         "h100_bf16_dense_peak_flops": H100_BF16_DENSE_PEAK,
         "h100_consumed_images_per_s": consumed,

@@ -19,16 +19,14 @@ Prints a table and writes bench/bench_mnist_quality.json.
 import argparse
 import json
 import os
-import sys
 import time
 
 import keras
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from keras_ddpm import data  # noqa: E402
-from keras_ddpm import fid  # noqa: E402
-from keras_ddpm import load_model  # noqa: E402
+from keras_ddpm import data
+from keras_ddpm import fid
+from keras_ddpm import load_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUIDANCE = (0.0, 1.0, 3.0)

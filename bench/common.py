@@ -15,8 +15,12 @@ def run_child(script, argv, backend, label):
 
     A child that fails is reported on stdout (with its stderr's tail) and gives None.
     """
-    path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))  # keep what the caller added
-    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # keras_ddpm imports Keras, which loads its backend's framework in this process too: make it
+    # the child's (installed) rather than Keras' default, TensorFlow, which may not be.
+    os.environ.setdefault("KERAS_BACKEND", backend)
+    from keras_ddpm.backend import child_environment
+
+    env = child_environment(backend)
     out = subprocess.run([sys.executable, script, *argv], env=env, capture_output=True, text=True)
     if out.returncode:
         print(f"{label}: failed\n{out.stderr[-2000:]}", flush=True)

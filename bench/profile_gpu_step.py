@@ -20,16 +20,12 @@ import argparse
 import glob
 import gzip
 import json
-import os
 import re
 import sys
 import tempfile
 import time
 
 import numpy as np
-
-BENCH = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [BENCH, os.path.dirname(BENCH)]  # bench_vs_diffusers, and keras_ddpm from this checkout
 
 BATCH = 128
 TRACED_STEPS = 5

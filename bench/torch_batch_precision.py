@@ -12,15 +12,9 @@ seconds a step took after the first; then, with --time-preset, the median step t
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
-
-try:
-    import keras_ddpm  # noqa: F401  (an installed copy, or one on PYTHONPATH)
-except ImportError:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras
 import numpy as np

@@ -15,12 +15,11 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from keras_ddpm import load_model  # noqa: E402
-from keras_ddpm import sampling_modes  # noqa: E402
-from keras_ddpm.images import make_grid  # noqa: E402
-from keras_ddpm.images import save_gif  # noqa: E402
-from keras_ddpm.images import save_image  # noqa: E402
+from keras_ddpm import load_model
+from keras_ddpm import sampling_modes
+from keras_ddpm.images import make_grid
+from keras_ddpm.images import save_gif
+from keras_ddpm.images import save_image
 
 DOCS = os.path.dirname(os.path.abspath(__file__))
 

@@ -22,13 +22,15 @@ import keras
 import numpy as np
 from PIL import Image
 
+from keras_ddpm.data.image_files import list_images
+from keras_ddpm.data.image_files import read_image
+
 INCEPTION_WEIGHTS_URL = (
     "https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/"
     "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
 )
 INCEPTION_INPUT_SIZE = 299
 FEATURES_VERSION = 1  # bump when preprocessing changes; it is part of every cache key
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 NOTE = "Keras ImageNet InceptionV3 weights: comparable between runs, not equal to the papers' TF-Inception FIDs"
 
 
@@ -350,45 +352,18 @@ def dataset_batches(name, image_size, image_channels, batch_size, **data_options
         yield to_uint8(keras.ops.convert_to_numpy(batch))
 
 
-def list_images(directory):
-    """Sorted paths of the image files under `directory` (recursively)."""
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"No image folder at {directory}.")
-    paths = sorted(
-        os.path.join(root, name)
-        for root, _, names in os.walk(directory)
-        for name in names
-        if name.lower().endswith(IMAGE_EXTENSIONS)
-    )
-    if not paths:
-        raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) in {directory}.")
-    return paths
-
-
-def read_image(path, image_size=None, image_channels=None):
-    """One image file -> uint8 (H, W, C); resized (PIL bicubic, antialiased) and converted on request."""
-    try:
-        with Image.open(path) as image:
-            channels = image_channels or (1 if image.mode in ("1", "L", "I;16", "I", "F") else 3)
-            image = image.convert("L" if channels == 1 else "RGB")
-            if image_size and image.size != (image_size, image_size):
-                image = image.resize((image_size, image_size), resample=Image.BICUBIC)
-            array = np.asarray(image, dtype=np.uint8)
-    except OSError as error:
-        raise ValueError(f"Could not read {path} as an image ({error}).") from None
-    return array[..., None] if array.ndim == 2 else array
-
-
 def folder_batches(directory, batch_size, image_size=None, image_channels=None):
-    """Batches of a folder's images (sorted by path); size and channels default to the first image's."""
+    """Batches of a folder's images (`list_images`: recursive, sorted by path), read by Pillow and
+    resized with its bicubic filter; size and channels default to the first image's."""
     paths = list_images(directory)
     if image_size is None or image_channels is None:
-        first = read_image(paths[0], image_size, image_channels)
+        first = read_image(paths[0], channels=image_channels, size=image_size)
         if first.shape[0] != first.shape[1] and image_size is None:
             raise ValueError(f"Images must be square. Received: {paths[0]} of shape {first.shape}")
         image_size, image_channels = first.shape[0], first.shape[-1]
     for start in range(0, len(paths), batch_size):
-        yield np.stack([read_image(p, image_size, image_channels) for p in paths[start : start + batch_size]])
+        batch = paths[start : start + batch_size]
+        yield np.stack([read_image(p, channels=image_channels, size=image_size) for p in batch])
 
 
 def model_batches(model, num_images, batch_size, save_dir=None, seed=0, class_labels=None, **generate_kwargs):

@@ -6,8 +6,8 @@ Normalisation, activations, additions and the softmax are left out, as PyTorch's
 `torch.utils.flop_counter.FlopCounterMode` leaves them out; the convolution and dense counts
 equal its count on the torch backend (a test checks this). On a CPU it also misses the fused
 attention kernel, so its total for `ddpm_cifar10` (12.11 GFLOPs an image, for diffusers'
-UNet2DModel too) is 0.34 GFLOPs below ours (12.44). A training step is about 3x the forward count (the
-backward pass computes gradients for both the inputs and the weights of each product).
+UNet2DModel too) is 0.34 GFLOPs below ours (12.44). A training step is about 3x the forward count
+(the backward pass computes gradients for both the inputs and the weights of each product).
 """
 
 import math
@@ -15,6 +15,7 @@ import math
 import numpy as np
 from keras import layers
 
+from keras_ddpm.backend import internals
 from keras_ddpm.layers import AttentionBlock
 
 
@@ -35,18 +36,23 @@ def _attention_flops(layer, inputs, outputs):
     return 2 * 2 * positions * positions * inputs.shape[-1]
 
 
-_COUNTERS = ((layers.Conv2D, _conv_flops), (layers.Dense, _dense_flops), (AttentionBlock, _attention_flops))
+_COUNTERS = (
+    (layers.Conv2D, _conv_flops),
+    (layers.Dense, _dense_flops),
+    (AttentionBlock, _attention_flops),
+)
 
 
 def forward_flops(model, inputs):
-    """FLOPs of one forward pass of `model` for one example of `inputs` (counted from per-example shapes).
+    """FLOPs of one forward pass of `model` for one example of `inputs` (counted from per-example
+    shapes).
 
     Runs the model once, eagerly, with every convolution, dense layer and attention block
     wrapped to record its work; the wrappers are removed afterwards.
     """
     counts = []
     wrapped = []
-    for layer in model._flatten_layers(include_self=False):
+    for layer in internals.flatten_layers(model):
         counter = next((c for kind, c in _COUNTERS if isinstance(layer, kind)), None)
         if counter is None:
             continue

@@ -6,6 +6,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from keras_ddpm.data.image_files import read_image
+
 
 def make_grid(images, ncols=None, padding=2, pad_value=255):
     """Tiles uint8 images (N, H, W, C) into one (rows*H + ..., cols*W + ..., C) array.
@@ -101,9 +103,5 @@ def load_mask(path, image_size):
     """A mask image (white = region to fill), resized to the model's size -> (H, W, 1) in {0, 1}."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No mask image at {path}.")
-    try:
-        with Image.open(path) as image:
-            gray = image.convert("L").resize((image_size, image_size), Image.NEAREST)
-    except OSError as error:
-        raise ValueError(f"Could not read the mask image {path} ({error}).") from None
-    return (np.asarray(gray, np.float32) >= 128).astype(np.float32)[..., None]
+    gray = read_image(path, channels=1, size=image_size, resample=Image.NEAREST)
+    return (gray >= 128).astype(np.float32)

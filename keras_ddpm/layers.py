@@ -1,4 +1,5 @@
-"""The blocks of the DDPM UNet (Ho et al. 2020, appendix B; the authors' `diffusion_tf/models/unet.py`).
+"""The blocks of the DDPM UNet (Ho et al. 2020, appendix B; the authors'
+`diffusion_tf/models/unet.py`).
 
 Initialisation follows the paper's code: Glorot-uniform (variance scaling 1, fan_avg, uniform)
 everywhere except the last convolution of each residual branch and the attention output
@@ -8,46 +9,52 @@ projection, which start at zero so that every block starts as the identity.
 import math
 
 import keras
-from keras import layers, ops
+from keras import layers
+from keras import ops
 
 from keras_ddpm import backend
 
 GROUP_NORM_EPSILON = 1e-6  # tf.contrib.layers.group_norm's default, as in the paper's code
-ON_TORCH = backend.backend_name() == "torch"  # Keras fixes its backend at import
 
 
 @keras.saving.register_keras_serializable(package="keras_ddpm")
 class Conv2D(layers.Conv2D):
-    """`keras.layers.Conv2D` (same weights and results) that on PyTorch convolves the NHWC data,
-    bias included, without the backend's layout copies (`backend.torch_conv2d_nhwc`).
+    """`keras.layers.Conv2D` (same weights and results) that convolves the NHWC data, bias
+    included, with the backend's own kernel where it has one (`backend.conv2d_nhwc`: PyTorch's,
+    without the layout copies of Keras' torch backend).
 
     Named as Keras' class on purpose (so is `GroupNormalization`): a `.keras` file keys a model's
     layers by their snake-cased class name, so files saved with Keras' layers keep loading.
     """
 
     def add_weight(self, *args, **kwargs):
-        # PyTorch: the kernel keeps Keras' (kh, kw, in, out) shape, stored in the memory order of
-        # torch's channels_last (out, in, kh, kw) kernel (`backend.TorchConvKernelLayout`).
-        if ON_TORCH and kwargs.get("name") == "kernel" and self._torch_nhwc_applies():
-            kwargs["initializer"] = backend.TorchConvKernelLayout(keras.initializers.get(kwargs.get("initializer")))
+        # The kernel keeps Keras' (kh, kw, in, out) shape, stored in the memory order the
+        # backend's kernel reads (PyTorch: its channels_last (out, in, kh, kw) kernel).
+        if kwargs.get("name") == "kernel" and self._nhwc_applies():
+            kwargs["initializer"] = backend.conv_kernel_initializer(kwargs.get("initializer"))
         return super().add_weight(*args, **kwargs)
 
     def call(self, inputs):
-        padding = self._torch_nhwc_padding(inputs.shape) if ON_TORCH else None
-        if padding is None:
+        padding = self._nhwc_padding(inputs.shape)
+        result = None
+        if padding is not None:
+            # The bias goes into the convolution (Keras adds it after, one more pass each way).
+            bias = self.bias if self.use_bias else None
+            cache = getattr(self, "_kernel_cache", None)
+            result = backend.conv2d_nhwc(inputs, self.kernel, self.strides, padding, bias, cache)
+        if result is None:
             return super().call(inputs)
-        # The bias goes into torch's convolution (Keras adds it after, one more pass each way).
-        bias = self.bias if self.use_bias else None
-        cache = getattr(self, "_torch_kernel", None)
-        outputs, self._torch_kernel = backend.torch_conv2d_nhwc(inputs, self.kernel, self.strides, padding, cache, bias)
+        outputs, self._kernel_cache = result
         return outputs if self.activation is None else self.activation(outputs)
 
-    def _torch_nhwc_applies(self):
-        return self.dilation_rate == (1, 1) and self.groups == 1 and self.data_format == "channels_last"
+    def _nhwc_applies(self):
+        plain = self.dilation_rate == (1, 1) and self.groups == 1
+        return plain and self.data_format == "channels_last"
 
-    def _torch_nhwc_padding(self, input_shape):
-        """Keras' padding as (top, bottom, left, right) zeros; None where the NHWC path does not apply."""
-        if not self._torch_nhwc_applies():
+    def _nhwc_padding(self, input_shape):
+        """Keras' padding as (top, bottom, left, right) zeros; None where `backend.conv2d_nhwc`
+        does not apply."""
+        if not self._nhwc_applies():
             return None
         if self.padding == "valid":
             return (0, 0, 0, 0)
@@ -63,29 +70,32 @@ class Conv2D(layers.Conv2D):
 
 @keras.saving.register_keras_serializable(package="keras_ddpm")
 class Dense(layers.Dense):
-    """`keras.layers.Dense` that on PyTorch adds the bias inside the matrix product
-    (`backend.torch_dense`, one `addmm`; Keras adds it after, one more pass over the output)."""
+    """`keras.layers.Dense` that adds the bias inside the matrix product where the backend has
+    such a kernel (`backend.dense`: PyTorch's `addmm`; Keras adds it after, one more pass over
+    the output)."""
 
     def call(self, inputs, training=None):
         plain = self.bias is not None and self.quantization_mode is None and not self.lora_enabled
-        if not (ON_TORCH and plain):
+        outputs = backend.dense(inputs, self.kernel, self.bias) if plain else None
+        if outputs is None:
             return super().call(inputs, training=training)
-        outputs = backend.torch_dense(inputs, self.kernel.value, self.bias.value)
         return outputs if self.activation is None else self.activation(outputs)
 
 
 @keras.saving.register_keras_serializable(package="keras_ddpm")
 class GroupNormalization(layers.GroupNormalization):
-    """`keras.layers.GroupNormalization` over the last axis; on PyTorch, one fused kernel on the
-    NHWC data (`backend.torch_group_norm_nhwc`) instead of Keras' reductions."""
+    """`keras.layers.GroupNormalization` over the last axis; where the backend has one fused
+    kernel on the NHWC data (`backend.group_norm_nhwc`: PyTorch's), that instead of Keras'
+    reductions."""
 
     def call(self, inputs):
         last_axis = self.axis in (-1, len(inputs.shape) - 1)
-        if ON_TORCH and last_axis and len(inputs.shape) == 4 and self.scale and self.center:
-            gamma, beta = (ops.cast(ops.convert_to_tensor(w), "float32") for w in (self.gamma, self.beta))
-            y = backend.torch_group_norm_nhwc(inputs, self.groups, gamma, beta, self.epsilon)
-            return ops.cast(y, self.compute_dtype)
-        return super().call(inputs)
+        y = None
+        if last_axis and len(inputs.shape) == 4 and self.scale and self.center:
+            y = backend.group_norm_nhwc(inputs, self.groups, self.gamma, self.beta, self.epsilon)
+        if y is None:
+            return super().call(inputs)
+        return ops.cast(y, self.compute_dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_ddpm")
@@ -201,7 +211,10 @@ class AttentionBlock(layers.Layer):
         channels = x.shape[-1]
         h = self.norm.call(x)  # sublayers through `.call`, as in ResidualBlock
         # (N, H*W, heads=1, C): the layout keras.ops.dot_product_attention expects.
-        q, k, v = (ops.reshape(dense.call(h), (shape[0], -1, 1, channels)) for dense in (self.q, self.k, self.v))
+        q, k, v = (
+            ops.reshape(dense.call(h), (shape[0], -1, 1, channels))
+            for dense in (self.q, self.k, self.v)
+        )
         h = ops.dot_product_attention(q, k, v)  # scaled by 1/sqrt(C)
         h = ops.reshape(h, shape)
         return x + self.proj_out.call(h)
@@ -250,9 +263,10 @@ class Upsample(layers.Layer):
         self.conv.build((input_shape[0], input_shape[1] * 2, input_shape[2] * 2, input_shape[3]))
 
     def call(self, x):
-        # PyTorch: one nearest-neighbour kernel on the NHWC data (Keras' layer makes two copies).
-        x = backend.torch_upsample_nearest_nhwc(x, 2) if ON_TORCH else self.upsample.call(x)
-        return self.conv.call(x)
+        # The backend's own nearest-neighbour kernel on the NHWC data where it has one (PyTorch:
+        # Keras' layer makes two copies there).
+        upsampled = backend.upsample_nearest_nhwc(x, 2)
+        return self.conv.call(self.upsample.call(x) if upsampled is None else upsampled)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[1] * 2, input_shape[2] * 2, self.channels)

@@ -1,7 +1,10 @@
-"""The papers' optimiser: Adam(W), linear learning-rate warm-up then constant or cosine, global-norm clipping."""
+"""The papers' optimiser: Adam(W), linear learning-rate warm-up then constant or cosine, global-norm
+clipping."""
 
 import keras
 from keras import ops
+
+from keras_ddpm.backend import internals
 
 
 @keras.saving.register_keras_serializable(package="keras_ddpm")
@@ -45,7 +48,8 @@ def make_learning_rate(train_config):
 
 
 def make_optimizer(train_config):
-    """Adam or AdamW (eps 1e-8, as TF1's default the paper used) with the schedule and clipping of `train_config`.
+    """Adam or AdamW (eps 1e-8, as TF1's default the paper used) with the schedule and clipping of
+    `train_config`.
 
     Under a "mixed_float16" dtype policy, `DiffusionModel.compile` wraps it in Keras'
     `LossScaleOptimizer` (dynamic loss scaling); bfloat16 needs none.
@@ -63,7 +67,8 @@ def make_optimizer(train_config):
 def learning_rate_at(optimizer, step):
     """The learning rate the optimizer uses for update number `step` (0-based), as a float."""
     optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
-    learning_rate = optimizer._learning_rate  # the schedule itself; `.learning_rate` reads `iterations`
+    # The schedule itself: `optimizer.learning_rate` evaluates it at the optimizer's own step.
+    learning_rate = internals.learning_rate_schedule(optimizer)
     if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
         learning_rate = learning_rate(step)
     return float(ops.convert_to_numpy(learning_rate))

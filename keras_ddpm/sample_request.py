@@ -1,8 +1,8 @@
-"""One sampling request: the options of `python cli.py sample` as a frozen dataclass, checked
+"""One sampling request: the options of `python cli.py sample` (`sampling_options`) checked
 against a model, run through `sampling_modes`, and written back as the equivalent command line.
 
-Shared by the CLI and the sampling app (apps/sample_app.py), so both draw the same images for the
-same options and seed:
+Shared by the CLI's `sample` and `eval` and the sampling app (apps/sample_app.py), so they draw
+the same images for the same options and seed:
 
     request = SampleRequest(mode="normal", steps=20, seed=3).resolve(model)
     result = run(model, request)
@@ -19,67 +19,45 @@ import numpy as np
 
 from keras_ddpm import samplers
 from keras_ddpm import sampling_modes as modes
+from keras_ddpm.data.image_files import MAX_PIXELS
 from keras_ddpm.images import make_grid
 from keras_ddpm.images import parse_box
-
-SAMPLERS = ("ddim", "ddpm", "dpm_solver")
-STOCHASTIC_MODES = ("coarse_to_fine", "inpainting")  # they default to the ddpm sampler
-REAL_IMAGE_MODES = {"interpolation": 2, "coarse_to_fine": 1, "inpainting": 1}  # mode -> real images used
-MAX_SEED = 2**31 - 1
-MAX_COARSE_TIMESTEPS = 64  # coarse_to_fine rows (DDPM Figure 9 has 6)
-# The network evaluations one request may cost by default (`resolve`'s `max_evaluations`, what
-# the CLI gets): a guard against typos on the user's own machine, about 5 times 1,024 images (the
-# CLI's largest batch) through 1,000 steps with guidance. The app passes its own, far lower, cap.
-MAX_EVALUATIONS = 10_000_000
-COMMON_OPTIONS = ("mode", "sampler", "steps", "eta", "skip", "variance", "guidance", "class_label", "seed", "batch_size", "padding")
-MODE_OPTIONS = {  # the options each mode reads besides the common ones (named as cli.py's, "_" for "-")
-    "normal": (),
-    "denoising_process": ("n_frames", "frame_ms", "hold_ms"),
-    "sequence": ("n_frames",),
-    "interpolation": ("dataset", "image_idx1", "image_idx2", "interpolate_at", "n_points", "interpolation_space"),
-    "coarse_to_fine": ("dataset", "image_idx1", "coarse_timesteps"),
-    "inpainting": ("dataset", "image_idx1", "mask"),
-}
+from keras_ddpm.sampling_options import COMMON_OPTIONS
+from keras_ddpm.sampling_options import DEFAULT_FRAMES
+from keras_ddpm.sampling_options import INTERPOLATION_SPACES
+from keras_ddpm.sampling_options import MAX_COARSE_TIMESTEPS
+from keras_ddpm.sampling_options import MAX_EVALUATIONS
+from keras_ddpm.sampling_options import MAX_IMAGES
+from keras_ddpm.sampling_options import MAX_SEED
+from keras_ddpm.sampling_options import MODE_OPTIONS
+from keras_ddpm.sampling_options import MODES
+from keras_ddpm.sampling_options import REAL_IMAGE_MODES
+from keras_ddpm.sampling_options import SAMPLERS
+from keras_ddpm.sampling_options import SamplingOptions
+from keras_ddpm.sampling_options import default_sampler
+from keras_ddpm.sampling_options import default_skip
+from keras_ddpm.sampling_options import default_steps
 
 
 @dataclasses.dataclass(frozen=True)
-class SampleRequest:
-    """`cli.py sample`'s options (same names). `None` means the mode's or the sampler's default;
-    `resolve(model)` fills those in and checks every value against the model."""
+class SampleRequest(SamplingOptions):
+    """`cli.py sample`'s options (`SamplingOptions`, same names). `None` means the mode's or the
+    sampler's default; `resolve(model)` fills those in and checks every value against the model."""
 
-    mode: str = "normal"
-    sampler: str = None  # ddpm for coarse_to_fine and inpainting, ddim otherwise
-    steps: int = None  # 20 for dpm_solver, 50 otherwise
-    eta: float = 0.0
-    skip: str = None
-    variance: str = "fixed_small"
-    guidance: float = 0.0
-    class_label: int = None  # class-conditional models: None draws a column per class
-    seed: int = 0
-    batch_size: int = 16  # images of the grid, or samples per row (coarse_to_fine, inpainting)
-    n_frames: int = None  # denoising_process frames [20] / sequence columns [10]
-    padding: int = 2
-    dataset: str = "mnist_5k"  # real images of interpolation, coarse_to_fine and inpainting
-    image_idx1: int = 0
-    image_idx2: int = 1
-    interpolate_at: int = None
-    n_points: int = 10
-    interpolation_space: str = "pixel"
-    coarse_timesteps: tuple = None
-    mask: str = None  # inpainting box "x0,y0,x1,y1" [default: the central half]
-    frame_ms: int = 80
-    hold_ms: int = 2000
-
-    def resolve(self, model, max_images=1024, max_evaluations=MAX_EVALUATIONS):
+    def resolve(self, model, max_images=MAX_IMAGES, max_evaluations=MAX_EVALUATIONS):
         """A copy with the defaults filled in; raises ValueError (one sentence) for a bad value,
         or for a request that would cost more than `max_evaluations` (see `network_evaluations`)."""
         timesteps = model.schedule.timesteps
-        if self.mode not in modes.MODES:
-            raise ValueError(f"mode must be one of {', '.join(modes.MODES)}. Received: mode={self.mode!r}")
-        sampler = self.sampler or ("ddpm" if self.mode in STOCHASTIC_MODES else "ddim")
+        if self.mode not in MODES:
+            raise ValueError(
+                f"mode must be one of {', '.join(MODES)}. Received: mode={self.mode!r}"
+            )
+        sampler = self.sampler or default_sampler(self.mode)
         if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}. Received: sampler={sampler!r}")
-        steps = (20 if sampler == "dpm_solver" else 50) if self.steps is None else self.steps
+            raise ValueError(
+                f"sampler must be one of {', '.join(SAMPLERS)}. Received: sampler={sampler!r}"
+            )
+        steps = default_steps(sampler) if self.steps is None else self.steps
         _check_int("steps", steps, 1, timesteps, f" (the model's {timesteps} training timesteps)")
         _check_int("the number of images", self.batch_size, 1, max_images)
         _check_int("seed", self.seed, 0, MAX_SEED)
@@ -87,36 +65,49 @@ class SampleRequest:
         if not (isinstance(self.eta, (int, float)) and math.isfinite(self.eta) and self.eta >= 0):
             raise ValueError(f"eta must be a number >= 0. Received: eta={self.eta!r}")
         if not (isinstance(self.guidance, (int, float)) and math.isfinite(self.guidance)):
-            raise ValueError(f"guidance must be a finite number. Received: guidance={self.guidance!r}")
+            raise ValueError(
+                f"guidance must be a finite number. Received: guidance={self.guidance!r}"
+            )
         if self.class_label is not None:
             if not model.num_classes:
                 raise ValueError("This model is unconditional; it takes no class label.")
             _check_int("class label", self.class_label, 0, model.num_classes - 1)
         n_frames = None  # only these two modes have frames
-        if self.mode in ("denoising_process", "sequence"):
-            n_frames = self.n_frames or {"denoising_process": 20, "sequence": 10}[self.mode]
+        if self.mode in DEFAULT_FRAMES:
+            n_frames = self.n_frames or DEFAULT_FRAMES[self.mode]
             _check_int("the number of frames", n_frames, 2, 200)
         if self.mode == "interpolation":
             _check_int("the number of interpolation points", self.n_points, 2, 64)
             if self.interpolate_at is not None:
                 _check_int("the interpolation timestep", self.interpolate_at, 0, timesteps - 1)
-            if self.interpolation_space not in ("pixel", "latent"):
-                raise ValueError(f"The interpolation space must be pixel or latent. Received: {self.interpolation_space!r}")
+            if self.interpolation_space not in INTERPOLATION_SPACES:
+                raise ValueError(
+                    f"The interpolation space must be {' or '.join(INTERPOLATION_SPACES)}. "
+                    f"Received: {self.interpolation_space!r}"
+                )
         coarse = None if self.coarse_timesteps is None else tuple(self.coarse_timesteps)
         if coarse is not None:
-            _check_int("the number of coarse-to-fine timesteps", len(coarse), 1, MAX_COARSE_TIMESTEPS)
+            _check_int(
+                "the number of coarse-to-fine timesteps", len(coarse), 1, MAX_COARSE_TIMESTEPS
+            )
             if min(coarse) < 0 or max(coarse) >= timesteps:
-                raise ValueError(f"Coarse-to-fine timesteps must lie in [0, {timesteps - 1}]. Received: {list(coarse)}")
+                raise ValueError(
+                    f"Coarse-to-fine timesteps must lie in [0, {timesteps - 1}]. "
+                    f"Received: {list(coarse)}"
+                )
         for name in ("image_idx1", "image_idx2"):
             _check_int(f"the image index ({name})", getattr(self, name), 0, 10**9)
         if self.mode == "inpainting":
             self.fill_mask(model.config.unet.image_size)  # raises for a bad box
-        resolved = dataclasses.replace(self, sampler=sampler, steps=steps, n_frames=n_frames, coarse_timesteps=coarse)
+        resolved = dataclasses.replace(
+            self, sampler=sampler, steps=steps, n_frames=n_frames, coarse_timesteps=coarse
+        )
         evaluations = resolved.network_evaluations(model)
         if evaluations > max_evaluations:
             raise ValueError(
-                f"One request may cost at most {max_evaluations:,} network evaluations (images x steps x rows, twice "
-                f"that with guidance); draw fewer images, steps or rows. Received: {evaluations:,} evaluations"
+                f"One request may cost at most {max_evaluations:,} network evaluations (images x "
+                "steps x rows, twice that with guidance); draw fewer images, steps or rows. "
+                f"Received: {evaluations:,} evaluations"
             )
         return resolved
 
@@ -128,12 +119,20 @@ class SampleRequest:
         guided = 2 if model.num_classes and self.guidance != 0 else 1
 
         def chain(start=None):  # the steps of one chain: `DiffusionModel.generate`'s plan
-            return len(samplers.make_plan(schedule, self.sampler, self.steps, self.eta, self.skip, self.variance, start))
+            return len(
+                samplers.make_plan(
+                    schedule, self.sampler, self.steps, self.eta, self.skip, self.variance, start
+                )
+            )
 
-        if self.mode == "interpolation" and self.interpolation_space == "latent":  # DDIM inversion of both, then DDIM
-            skip = self.skip or "uniform"
+        if (
+            self.mode == "interpolation" and self.interpolation_space == "latent"
+        ):  # DDIM inversion of both, then DDIM
+            skip = self.skip or default_skip("ddim")
             inversion = len(samplers.ddim_inversion_plan(schedule, self.steps, skip))
-            return 2 * inversion + guided * self.n_points * len(samplers.ddim_plan(schedule, self.steps, 0.0, skip))
+            return 2 * inversion + guided * self.n_points * len(
+                samplers.ddim_plan(schedule, self.steps, 0.0, skip)
+            )
         if self.mode == "interpolation":
             start = schedule.timesteps // 2 if self.interpolate_at is None else self.interpolate_at
             return guided * self.n_points * chain(start)
@@ -143,16 +142,25 @@ class SampleRequest:
         return guided * self.batch_size * chain()
 
     def generate_options(self):
-        """The keyword arguments of `DiffusionModel.generate` (and of the `sampling_modes` functions)."""
+        """The keyword arguments of `DiffusionModel.generate` (and of the `sampling_modes`
+        functions)."""
         return dict(
-            sampler=self.sampler, steps=self.steps, eta=self.eta, skip=self.skip, variance=self.variance,
-            guidance=self.guidance, class_labels=self.class_label,
-        )  # fmt: skip
+            sampler=self.sampler,
+            steps=self.steps,
+            eta=self.eta,
+            skip=self.skip,
+            variance=self.variance,
+            guidance=self.guidance,
+            class_labels=self.class_label,
+        )
 
     def fill_mask(self, image_size):
         """inpainting: (H, W, 1), 1 inside the box the model fills (default: the central half)."""
         quarter = image_size // 4
-        return parse_box(self.mask or f"{quarter},{quarter},{image_size - quarter},{image_size - quarter}", image_size)
+        return parse_box(
+            self.mask or f"{quarter},{quarter},{image_size - quarter},{image_size - quarter}",
+            image_size,
+        )
 
     def settings(self):
         """The options that matter to this mode (None left out), by name."""
@@ -162,20 +170,39 @@ class SampleRequest:
     def command(self, model_path, save_path=None, dataset=None):
         """The `python cli.py sample ...` line that draws the same images (options at their
         defaults are left out). `dataset` overrides the request's (e.g. a folder of uploads)."""
-        defaults = SampleRequest()
-        settings = {**self.settings(), **({"dataset": dataset} if dataset and self.mode in REAL_IMAGE_MODES else {})}
+        defaults = SamplingOptions()
+        settings = {
+            **self.settings(),
+            **({"dataset": dataset} if dataset and self.mode in REAL_IMAGE_MODES else {}),
+        }
         args = ["python", "cli.py", "sample", "--model", model_path]
         for name, value in settings.items():
-            if value != getattr(defaults, name) or name in ("mode", "sampler", "steps", "seed", "batch_size"):
-                args += ["--" + name.replace("_", "-"), ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
+            if value != getattr(defaults, name) or name in (
+                "mode",
+                "sampler",
+                "steps",
+                "seed",
+                "batch_size",
+            ):
+                args += [
+                    "--" + name.replace("_", "-"),
+                    ",".join(map(str, value)) if isinstance(value, tuple) else str(value),
+                ]
         if save_path:
             args += ["--save-path", save_path]
         return shlex.join(args)
 
 
 def _check_int(name, value, low, high, why=""):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
-        raise ValueError(f"{name[0].upper()}{name[1:]} must be a whole number from {low} to {high}{why}. Received: {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or not low <= value <= high
+    ):
+        raise ValueError(
+            f"{name[0].upper()}{name[1:]} must be a whole number from {low} to {high}{why}. "
+            f"Received: {value!r}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +218,9 @@ class SampleResult:
         return make_grid(self.tiles, ncols=self.ncols, padding=padding)
 
     def gif_frames(self, padding=2):
-        return np.stack([make_grid(frame, ncols=self.ncols, padding=padding) for frame in self.frames])
+        return np.stack(
+            [make_grid(frame, ncols=self.ncols, padding=padding) for frame in self.frames]
+        )
 
 
 def real_images(model, request, given=()):
@@ -202,33 +231,25 @@ def real_images(model, request, given=()):
     indices = (request.image_idx1, request.image_idx2)
     size, channels = model.config.unet.image_size, model.config.unet.image_channels
     missing = [indices[i] for i in range(count) if given[i] is None]
-    loaded = iter(modes.load_real_images(request.dataset, missing, size, channels) if missing else [])
+    loaded = iter(
+        modes.load_real_images(request.dataset, missing, size, channels) if missing else []
+    )
     return [image if image is not None else next(loaded) for image in given[:count]]
 
 
-def load_image_file(path, image_size, image_channels, crop="center", max_pixels=50_000_000):
+def load_image_file(path, image_size, image_channels, crop="center", max_pixels=MAX_PIXELS):
     """An image file of any size or mode as the data pipeline converts a folder's images (decoded
     to RGB, cropped, resized with antialiasing or 28 -> 32 padded, channels converted): float32
-    [-1, 1] (H, W, C). Only Pillow reads the file; an unreadable one raises ValueError."""
-    from PIL import Image
-
+    [-1, 1] (H, W, C). Only Pillow reads the file; an unreadable one, or one of more than
+    `max_pixels` pixels, raises a ValueError that names the file without its folder."""
     from keras_ddpm import data
-    from keras_ddpm import data_transforms
+    from keras_ddpm.data import transforms
 
-    name = os.path.basename(path)
-    try:
-        with Image.open(path) as image:
-            if image.width * image.height > max_pixels:
-                raise ValueError(f"{name} has {image.width}x{image.height} pixels, more than {max_pixels:,}.")
-            rgb = np.asarray(image.convert("RGB"))
-    except ValueError:
-        raise
-    except Exception as error:  # Pillow raises many kinds for data that is not an image
-        raise ValueError(f"Could not read {name} as an image ({type(error).__name__}).") from None
+    rgb = data.read_image(path, channels=3, max_pixels=max_pixels, name=os.path.basename(path))
     tf = data.import_tensorflow()
-    image = data_transforms.crop_image(tf.constant(rgb), crop)
-    image = data_transforms.convert_channels(data_transforms.resize_image(image, image_size), image_channels)
-    return np.asarray(data_transforms.to_model_range(image))
+    image = transforms.crop_image(tf.constant(rgb), crop)
+    image = transforms.convert_channels(transforms.resize_image(image, image_size), image_channels)
+    return np.asarray(transforms.to_model_range(image))
 
 
 def run(model, request, images=None, fill_mask=None):
@@ -241,7 +262,7 @@ def run(model, request, images=None, fill_mask=None):
     mode, count, seed = request.mode, request.batch_size, request.seed
     if mode in REAL_IMAGE_MODES and images is None:
         images = real_images(model, request)
-    if mode in ("normal", "denoising_process", "sequence"):
+    if mode not in REAL_IMAGE_MODES:  # drawn from noise alone: a column per class
         labels, ncols = modes.class_grid_labels(model, count, request.class_label)
         options["class_labels"] = labels
     if mode == "normal":
@@ -254,11 +275,20 @@ def run(model, request, images=None, fill_mask=None):
         return SampleResult(rows.reshape(-1, *rows.shape[2:]), rows.shape[1])
     if mode == "interpolation":
         tiles = modes.interpolation(
-            model, images[0], images[1], request.interpolate_at, request.n_points, request.interpolation_space, seed=seed, **options
+            model,
+            images[0],
+            images[1],
+            request.interpolate_at,
+            request.n_points,
+            request.interpolation_space,
+            seed=seed,
+            **options,
         )
         return SampleResult(tiles, len(tiles))
     if mode == "coarse_to_fine":
-        rows = modes.coarse_to_fine(model, images[0], request.coarse_timesteps, count, seed=seed, **options)
+        rows = modes.coarse_to_fine(
+            model, images[0], request.coarse_timesteps, count, seed=seed, **options
+        )
         return SampleResult(rows.reshape(-1, *rows.shape[2:]), rows.shape[1])
     mask = request.fill_mask(model.config.unet.image_size) if fill_mask is None else fill_mask
     tiles = modes.inpainting(model, images[0], mask, count, seed=seed, **options)
@@ -283,14 +313,22 @@ class StepReporter:
         return getattr(self._model, name)
 
     def generate(self, num_images=None, noise=None, callback=None, callback_steps=None, **kwargs):
-        plan_options = {k: kwargs[k] for k in ("sampler", "steps", "eta", "skip", "variance") if k in kwargs}
-        total = len(samplers.make_plan(self._model.schedule, start=kwargs.get("start_timestep"), **plan_options))
+        plan_options = {
+            k: kwargs[k] for k in ("sampler", "steps", "eta", "skip", "variance") if k in kwargs
+        }
+        total = len(
+            samplers.make_plan(
+                self._model.schedule, start=kwargs.get("start_timestep"), **plan_options
+            )
+        )
         wanted = None if callback_steps is None else set(callback_steps)
         self.chains += 1
         chain = self.chains
         self._report(0, total, chain)
         if kwargs.get("known_images") is not None:
-            images = self._model.generate(num_images, noise, callback=callback, callback_steps=callback_steps, **kwargs)
+            images = self._model.generate(
+                num_images, noise, callback=callback, callback_steps=callback_steps, **kwargs
+            )
             self._report(total, total, chain)
             return images
 
@@ -299,4 +337,6 @@ class StepReporter:
                 callback(step, t, x, x0)
             self._report(step + 1, total, chain)
 
-        return self._model.generate(num_images, noise, callback=each_step, callback_steps=None, **kwargs)
+        return self._model.generate(
+            num_images, noise, callback=each_step, callback_steps=None, **kwargs
+        )

@@ -24,20 +24,24 @@ Here a_t is alpha-bar_t, and the step after t = 0 lands on x_0 (a_prev = 1, sigm
 Fewer steps than T use the sub-sequence's own betas, beta_i = 1 - a_{t_i} / a_{t_prev}
 (improved-diffusion's respacing), so DDPM with fixed-small variance equals DDIM with eta = 1.
 
+A plan's per-step numbers travel as one (steps, 8) table (`SamplerPlan.coefficients()`), whose
+rows a step reads as a `StepCoefficients`.
 `reverse_steps` runs a range of steps of a plan as one `keras.ops.fori_loop` over any
 `model_fn(x_t, t, *context)`, so the whole chain can be compiled once (see `backend.compile_loop`);
 `run_plan` drives it (noise, callbacks) and works on an uncompiled function as well.
 """
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import keras
 import numpy as np
 from keras import ops
 
-SAMPLERS = ("ddpm", "ddim", "dpm_solver")
-VARIANCES = ("fixed_small", "fixed_large")
-SKIPS = ("uniform", "quadratic", "logsnr")
+from keras_ddpm.sampling_options import SAMPLERS
+from keras_ddpm.sampling_options import SKIPS
+from keras_ddpm.sampling_options import VARIANCES
+from keras_ddpm.sampling_options import default_skip
 
 
 def ddim_timesteps(num_train_timesteps, steps, skip="uniform", start=None):
@@ -52,11 +56,15 @@ def ddim_timesteps(num_train_timesteps, steps, skip="uniform", start=None):
     """
     if start is not None:
         if not 0 <= start < num_train_timesteps:
-            raise ValueError(f"start must be a timestep in [0, {num_train_timesteps - 1}]. Received: start={start}")
+            raise ValueError(
+                f"start must be a timestep in [0, {num_train_timesteps - 1}]. "
+                f"Received: start={start}"
+            )
         steps = min(steps, start + 1)
     if not 1 <= steps <= num_train_timesteps:
         raise ValueError(
-            f"steps must be between 1 and the {num_train_timesteps} training timesteps. Received: steps={steps}"
+            f"steps must be between 1 and the {num_train_timesteps} training timesteps. "
+            f"Received: steps={steps}"
         )
     last = num_train_timesteps - 1 if start is None else start
     if skip == "uniform":
@@ -90,6 +98,29 @@ def sampler_timesteps(schedule, steps, skip="uniform", start=None):
     return ddim_timesteps(schedule.timesteps, steps, skip, start)
 
 
+class StepCoefficients(NamedTuple):
+    """The numbers of one reverse step: a row of `SamplerPlan.coefficients()`, by name.
+
+    The update is x_{t_prev} = coef_x0 * x0_hat + coef_eps * eps_hat + sigma * z
+    (+ coef_x0_prev * x0_hat_prev for multistep solvers), with a = alpha-bar at t and
+    a_prev = alpha-bar at the timestep the step lands on (1 after t = 0).
+    """
+
+    sqrt_alphas_cumprod: object  # sqrt(a)
+    sqrt_one_minus_alphas_cumprod: object  # sqrt(1 - a)
+    coef_x0: object
+    coef_eps: object
+    sigma: object
+    coef_x0_prev: object  # 0 for one-step samplers
+    sqrt_alphas_cumprod_prev: object  # sqrt(a_prev): noises known pixels to the next timestep
+    sqrt_one_minus_alphas_cumprod_prev: object  # sqrt(1 - a_prev)
+
+    @classmethod
+    def from_row(cls, row):
+        """The named entries of one row (a tensor) of the table."""
+        return cls(*ops.unstack(row, num=len(cls._fields)))
+
+
 @dataclass(frozen=True, eq=False)
 class SamplerPlan:
     """Per-step arrays, float64, indexed by step i in sampling order."""
@@ -111,22 +142,21 @@ class SamplerPlan:
         return bool(np.any(self.sigma > 0))
 
     def coefficients(self):
-        """(steps, 5) float32: the per-step vector `denoise_step` takes."""
-        return np.stack(
-            [self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod, self.coef_x0, self.coef_eps, self.sigma],
-            axis=1,
-        ).astype(np.float32)
-
-    def loop_coefficients(self):
-        """(steps, 8) float32 for `reverse_steps`: `coefficients()`, then coef_x0_prev,
-        sqrt(a_prev) and sqrt(1 - a_prev) (to noise known pixels to the next timestep)."""
+        """(steps, 8) float32: one row per step, its columns the fields of `StepCoefficients`."""
         zeros = np.zeros(len(self))
-        a_prev = self.alphas_cumprod_prev if self.alphas_cumprod_prev is not None else np.ones(len(self))
-        extra = np.stack(
-            [self.coef_x0_prev if self.coef_x0_prev is not None else zeros, np.sqrt(a_prev), np.sqrt(1.0 - a_prev)],
-            axis=1,
+        a_prev = self.alphas_cumprod_prev
+        a_prev = np.ones(len(self)) if a_prev is None else a_prev
+        columns = StepCoefficients(
+            sqrt_alphas_cumprod=self.sqrt_alphas_cumprod,
+            sqrt_one_minus_alphas_cumprod=self.sqrt_one_minus_alphas_cumprod,
+            coef_x0=self.coef_x0,
+            coef_eps=self.coef_eps,
+            sigma=self.sigma,
+            coef_x0_prev=zeros if self.coef_x0_prev is None else self.coef_x0_prev,
+            sqrt_alphas_cumprod_prev=np.sqrt(a_prev),
+            sqrt_one_minus_alphas_cumprod_prev=np.sqrt(1.0 - a_prev),
         )
-        return np.concatenate([self.coefficients(), extra.astype(np.float32)], axis=1)
+        return np.stack(columns, axis=1).astype(np.float32)
 
 
 def _alphas_cumprod_pairs(schedule, timesteps):
@@ -167,7 +197,9 @@ def ddim_plan(schedule, steps=50, eta=0.0, skip="uniform", start=None):
         raise ValueError(f"eta must be non-negative. Received: eta={eta}")
     timesteps = sampler_timesteps(schedule, steps, skip, start)
     alpha_bar, alpha_bar_prev = _alphas_cumprod_pairs(schedule, timesteps)
-    sigma = eta * np.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * (1.0 - alpha_bar / alpha_bar_prev))
+    sigma = eta * np.sqrt(
+        (1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * (1.0 - alpha_bar / alpha_bar_prev)
+    )
     return SamplerPlan(
         timesteps=timesteps,
         sqrt_alphas_cumprod=np.sqrt(alpha_bar),
@@ -197,7 +229,7 @@ def dpm_solver_plan(schedule, steps=20, skip="logsnr", start=None):
     linspace(T - 1, 0, steps + 1) without t = 0, the last step landing on x_0 (diffusers' layout;
     a second-order step onto t = 0 from a uniform grid would cross most of lambda's range).
     """
-    skip = skip or "logsnr"
+    skip = skip or default_skip("dpm_solver")
     limit = schedule.timesteps if start is None else start + 1
     if skip == "uniform" and steps < limit:
         timesteps = ddim_timesteps(schedule.timesteps, steps + 1, skip, start)[:-1]
@@ -248,19 +280,25 @@ def ddim_inversion_plan(schedule, steps=50, skip="uniform"):
     )
 
 
-def make_plan(schedule, sampler="ddim", steps=50, eta=0.0, skip=None, variance="fixed_small", start=None):
+def make_plan(
+    schedule, sampler="ddim", steps=50, eta=0.0, skip=None, variance="fixed_small", start=None
+):
     """The plan of a named sampler; `start` begins the chain at that timestep instead of T - 1.
-    `skip=None` is each sampler's default: "uniform" for ddim, "logsnr" for dpm_solver."""
+    `skip=None` is each sampler's default (`sampling_options.default_skip`): "uniform" for ddim,
+    "logsnr" for dpm_solver."""
+    skip = skip or default_skip(sampler)
     if sampler == "ddpm":
         return ddpm_plan(schedule, steps, variance, start)
     if sampler == "ddim":
-        return ddim_plan(schedule, steps, eta, skip or "uniform", start)
+        return ddim_plan(schedule, steps, eta, skip, start)
     if sampler == "dpm_solver":
         return dpm_solver_plan(schedule, steps, skip, start)
     raise ValueError(f"sampler must be one of {SAMPLERS}. Received: sampler={sampler!r}")
 
 
-def predict_start_and_noise(model_output, x_t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, prediction):
+def predict_start_and_noise(
+    model_output, x_t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, prediction
+):
     """(x0_hat, eps_hat) from the network's output, for any of the three targets.
 
     x_t = sqrt(a) x0 + sqrt(1 - a) eps (DDPM eq. 4) and v = sqrt(a) eps - sqrt(1 - a) x0
@@ -274,7 +312,10 @@ def predict_start_and_noise(model_output, x_t, sqrt_alpha_bar, sqrt_one_minus_al
         return x0, (x_t - sqrt_alpha_bar * x0) / sqrt_one_minus_alpha_bar
     if prediction == "v":
         v = model_output
-        return sqrt_alpha_bar * x_t - sqrt_one_minus_alpha_bar * v, sqrt_one_minus_alpha_bar * x_t + sqrt_alpha_bar * v
+        return (
+            sqrt_alpha_bar * x_t - sqrt_one_minus_alpha_bar * v,
+            sqrt_one_minus_alpha_bar * x_t + sqrt_alpha_bar * v,
+        )
     raise ValueError(f"Unknown prediction. Received: prediction={prediction!r}")
 
 
@@ -283,25 +324,29 @@ def guided_output(conditional, unconditional, guidance):
     return (1.0 + guidance) * conditional - guidance * unconditional
 
 
-def denoise_step(x_t, model_output, coefficients, noise, prediction="epsilon", clip_denoised=True, x0_prev=None):
+def denoise_step(
+    x_t, model_output, coefficients, noise, prediction="epsilon", clip_denoised=True, x0_prev=None
+):
     """One reverse step x_t -> x_{t_prev}; returns (x_{t_prev}, x0_hat).
 
-    `coefficients` is one row of `SamplerPlan.coefficients()` (or of `loop_coefficients()`,
-    whose 6th entry weights `x0_prev`, the previous step's x0_hat, for multistep solvers).
-    `noise` may be None for a deterministic step. With `clip_denoised`, x0_hat is clipped to
-    [-1, 1] and eps_hat recomputed from it (as improved-diffusion does), which for DDPM is the
-    paper code's mu-tilde(x_t, clip(x0_hat)).
+    `coefficients` is the step's `StepCoefficients`; multistep solvers pass `x0_prev`, the
+    previous step's x0_hat. `noise` may be None for a deterministic step. With `clip_denoised`,
+    x0_hat is clipped to [-1, 1] and eps_hat recomputed from it (as improved-diffusion does),
+    which for DDPM is the paper code's mu-tilde(x_t, clip(x0_hat)).
     """
-    sqrt_alpha_bar, sqrt_one_minus_alpha_bar, coef_x0, coef_eps, sigma = (coefficients[i] for i in range(5))
-    x0, eps = predict_start_and_noise(model_output, x_t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, prediction)
+    sqrt_alpha_bar = coefficients.sqrt_alphas_cumprod
+    sqrt_one_minus_alpha_bar = coefficients.sqrt_one_minus_alphas_cumprod
+    x0, eps = predict_start_and_noise(
+        model_output, x_t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, prediction
+    )
     if clip_denoised:
         x0 = ops.clip(x0, -1.0, 1.0)
         eps = (x_t - sqrt_alpha_bar * x0) / sqrt_one_minus_alpha_bar
-    x_prev = coef_x0 * x0 + coef_eps * eps
+    x_prev = coefficients.coef_x0 * x0 + coefficients.coef_eps * eps
     if noise is not None:
-        x_prev = x_prev + sigma * noise
+        x_prev = x_prev + coefficients.sigma * noise
     if x0_prev is not None:
-        x_prev = x_prev + coefficients[5] * x0_prev
+        x_prev = x_prev + coefficients.coef_x0_prev * x0_prev
     return x_prev, x0
 
 
@@ -321,14 +366,16 @@ def reverse_steps(
     prediction="epsilon",
     clip_denoised=True,
 ):
-    """Steps `start`..`stop - 1` of a plan as one `ops.fori_loop`; returns (x, x0_hat of the last step).
+    """Steps `start`..`stop - 1` of a plan as one `ops.fori_loop`; returns (x, x0_hat of the last
+    step).
 
     Pure and traceable (bounds may be tensors), so a backend can compile the whole chain.
     Args:
         model_fn: `model_fn(x_t, t, *context)` -> the network's output; t is int32 (N,).
         x, x0: the current sample and the previous step's x0_hat (zeros before the first step).
-        timesteps, coefficients: `plan.timesteps` (int32) and `plan.loop_coefficients()`.
-        noises: None (deterministic) or z for steps start.. (shape (L, *x.shape), L >= stop - start).
+        timesteps, coefficients: `plan.timesteps` (int32) and `plan.coefficients()`.
+        noises: None (deterministic) or z for steps start.. (shape (L, *x.shape),
+            L >= stop - start).
         known, mask, known_noises: inpainting by replacement: after each step, pixels where
             `mask` is 1 are set to `known` noised to the next timestep with `known_noises`.
     """
@@ -336,13 +383,17 @@ def reverse_steps(
 
     def body(i, state):
         x_t, x0_prev = state
-        row = ops.take(coefficients, i, axis=0)
+        step = StepCoefficients.from_row(ops.take(coefficients, i, axis=0))
         t = ops.broadcast_to(ops.take(timesteps, i, axis=0), (batch,))
         output = ops.cast(model_fn(x_t, t, *context), "float32")
         noise = None if noises is None else ops.take(noises, i - start, axis=0)
-        x_next, x0_hat = denoise_step(x_t, output, row, noise, prediction, clip_denoised, x0_prev)
+        x_next, x0_hat = denoise_step(x_t, output, step, noise, prediction, clip_denoised, x0_prev)
         if known is not None:
-            noised = row[6] * known + row[7] * ops.take(known_noises, i - start, axis=0)
+            known_noise = ops.take(known_noises, i - start, axis=0)
+            noised = (
+                step.sqrt_alphas_cumprod_prev * known
+                + step.sqrt_one_minus_alphas_cumprod_prev * known_noise
+            )
             x_next = mask * noised + (1.0 - mask) * x_next
         return x_next, x0_hat
 
@@ -354,7 +405,9 @@ def draw_noises(plan, start, stop, length, shape, seed_generator, only_stochasti
     order, skipping (zero) the steps with sigma = 0 when `only_stochastic`."""
     zeros = ops.zeros(shape)
     noises = [
-        keras.random.normal(shape, seed=seed_generator) if plan.sigma[i] > 0 or not only_stochastic else zeros
+        keras.random.normal(shape, seed=seed_generator)
+        if plan.sigma[i] > 0 or not only_stochastic
+        else zeros
         for i in range(start, stop)
     ]
     noises += [zeros] * (length - len(noises))
@@ -389,7 +442,8 @@ def run_plan(
     # Zero rows pad the arrays to a power of two, so nearby step counts share one compilation.
     padded = _bucket(steps)
     timesteps = ops.convert_to_tensor(np.pad(plan.timesteps.astype(np.int32), (0, padded - steps)))
-    coefficients = ops.convert_to_tensor(np.pad(plan.loop_coefficients(), ((0, padded - steps), (0, 0))))
+    table = np.pad(plan.coefficients(), ((0, padded - steps), (0, 0)))
+    coefficients = ops.convert_to_tensor(table)
     if callback is None:
         callback_steps = []
     elif callback_steps is None:
@@ -408,10 +462,16 @@ def run_plan(
     x0 = ops.zeros_like(x)
     start = 0
     for stop in stops:
-        noises = draw_noises(plan, start, stop, length, shape, seed_generator) if plan.stochastic else None
+        noises = (
+            draw_noises(plan, start, stop, length, shape, seed_generator)
+            if plan.stochastic
+            else None
+        )
         known_noises = None
         if known is not None:
-            known_noises = draw_noises(plan, start, stop, length, shape, seed_generator, only_stochastic=False)
+            known_noises = draw_noises(
+                plan, start, stop, length, shape, seed_generator, only_stochastic=False
+            )
         x, x0 = run(x, x0, start, stop, timesteps, coefficients, noises, known, mask, known_noises)
         if callback is not None and stop - 1 in callback_steps:
             callback(stop - 1, int(plan.timesteps[stop - 1]), x, x0)

@@ -1,4 +1,6 @@
-"""What `python cli.py sample --mode MODE` draws: each mode returns uint8 tiles (N, H, W, C) or frames.
+"""What `python cli.py sample --mode MODE` draws: uint8 tiles (N, H, W, C) or frames.
+
+The modes (`sampling_options.MODES`):
 
     normal             a batch of samples (a column per class for class-conditional models)
     denoising_process  frames of x_t along one reverse chain (an animated GIF)
@@ -16,18 +18,28 @@ import numpy as np
 
 from keras_ddpm import samplers
 from keras_ddpm.diffusion_model import to_uint8
+from keras_ddpm.sampling_options import default_skip
+from keras_ddpm.sampling_options import default_steps
 
-MODES = ("normal", "denoising_process", "interpolation", "coarse_to_fine", "sequence", "inpainting")
 COARSE_TO_FINE_FRACTIONS = (1.0, 0.75, 0.5, 0.25, 0.1, 0.025)
 
 
 def load_real_images(dataset, indices, image_size, image_channels, data_dir=None, crop="auto"):
-    """Images `indices` (in the dataset's order, unshuffled) as float32 [-1, 1], (len(indices), H, W, C)."""
+    """Images `indices` (in the dataset's order, unshuffled) as float32 [-1, 1],
+    (len(indices), H, W, C)."""
     from keras_ddpm import data
 
     batches = data.make_dataset(
-        dataset, image_size, image_channels, 1, shuffle=False, repeat=False, data_dir=data_dir, crop=crop,
-        drop_remainder=False, prefetch_to_device=None,
+        dataset,
+        image_size,
+        image_channels,
+        1,
+        shuffle=False,
+        repeat=False,
+        data_dir=data_dir,
+        crop=crop,
+        drop_remainder=False,
+        prefetch_to_device=None,
     )
     images = []
     for index in indices:
@@ -35,7 +47,7 @@ def load_real_images(dataset, indices, image_size, image_channels, data_dir=None
             raise ValueError(f"Image indices must be non-negative. Received: {index}")
         if hasattr(batches, "skip"):  # tf.data
             found = list(batches.skip(index).take(1).as_numpy_iterator())
-        else:  # data_arrays.ArrayBatches (no TensorFlow)
+        else:  # data.arrays.ArrayBatches (no TensorFlow)
             found = [batches[index]] if index < batches.num_batches else []
         if not found:
             raise ValueError(f"Dataset {dataset!r} has no image at index {index}.")
@@ -55,20 +67,42 @@ def normal(model, num_images, seed=0, **generate_kwargs):
     return model.generate(num_images, seed=seed, **generate_kwargs)
 
 
-def _plan_length(model, start_timestep=None, sampler="ddim", steps=50, eta=0.0, skip=None, variance="fixed_small", **_):
-    return len(samplers.make_plan(model.schedule, sampler, steps, eta, skip, variance, start_timestep))
+def _plan_length(
+    model,
+    start_timestep=None,
+    sampler="ddim",
+    steps=50,
+    eta=0.0,
+    skip=None,
+    variance="fixed_small",
+    **_,
+):
+    return len(
+        samplers.make_plan(model.schedule, sampler, steps, eta, skip, variance, start_timestep)
+    )
 
 
 def _evenly_spaced_steps(num_steps, count):
-    """`count` step indices from 0 to num_steps - 1, both ends included (fewer when num_steps < count)."""
-    return sorted(set(np.round(np.linspace(0, num_steps - 1, max(count, 1))).astype(int).tolist()) | {num_steps - 1})
+    """`count` step indices from 0 to num_steps - 1, both ends included (fewer when
+    num_steps < count)."""
+    return sorted(
+        set(np.round(np.linspace(0, num_steps - 1, max(count, 1))).astype(int).tolist())
+        | {num_steps - 1}
+    )
 
 
 def denoising_process(model, num_images, num_frames=20, seed=0, **generate_kwargs):
-    """(frames, N, H, W, C) uint8: x_T, then x_t after evenly spaced steps, the last frame the samples."""
+    """(frames, N, H, W, C) uint8: x_T, then x_t after evenly spaced steps, the last frame the
+    samples."""
     if num_frames < 2:
-        raise ValueError(f"A denoising GIF needs at least 2 frames. Received: num_frames={num_frames}")
-    x_T = np.random.default_rng(seed).standard_normal((num_images, *model.image_shape)).astype(np.float32)
+        raise ValueError(
+            f"A denoising GIF needs at least 2 frames. Received: num_frames={num_frames}"
+        )
+    x_T = (
+        np.random.default_rng(seed)
+        .standard_normal((num_images, *model.image_shape))
+        .astype(np.float32)
+    )
     frames = [to_uint8(np.clip(x_T, -1.0, 1.0))]
     record = _evenly_spaced_steps(_plan_length(model, **generate_kwargs), num_frames - 1)
 
@@ -80,7 +114,8 @@ def denoising_process(model, num_images, num_frames=20, seed=0, **generate_kwarg
 
 
 def sequence(model, num_images, num_frames=10, seed=0, **generate_kwargs):
-    """(N, frames, H, W, C) uint8: x0_hat after evenly spaced steps of each chain (last: the sample)."""
+    """(N, frames, H, W, C) uint8: x0_hat after evenly spaced steps of each chain (last: the
+    sample)."""
     record = _evenly_spaced_steps(_plan_length(model, **generate_kwargs), num_frames)
     predictions = []
 
@@ -108,8 +143,11 @@ def slerp(a, b, weights):
     ).astype(np.float32)
 
 
-def interpolation(model, image1, image2, timestep=None, num_points=10, space="pixel", seed=0, **generate_kwargs):
-    """[image 1, mixes at weights linspace(0, 1, num_points)..., image 2], uint8 (num_points + 2, H, W, C).
+def interpolation(
+    model, image1, image2, timestep=None, num_points=10, space="pixel", seed=0, **generate_kwargs
+):
+    """[image 1, mixes at weights linspace(0, 1, num_points)..., image 2], uint8
+    (num_points + 2, H, W, C).
 
     space="pixel": both images noised to `timestep` with one shared noise, mixed linearly, denoised
     from `timestep` (DDPM sec. 4.3). space="latent": both DDIM-inverted to x_T, slerped, denoised
@@ -117,23 +155,40 @@ def interpolation(model, image1, image2, timestep=None, num_points=10, space="pi
     The tiles at weights 0 and 1 are the reconstructions of image 1 and image 2.
     """
     if num_points < 2:
-        raise ValueError(f"Interpolation needs at least 2 points. Received: num_points={num_points}")
+        raise ValueError(
+            f"Interpolation needs at least 2 points. Received: num_points={num_points}"
+        )
     weights = np.linspace(0.0, 1.0, num_points)
     images = np.stack([image1, image2]).astype(np.float32)
     if space == "pixel":
         timestep = model.schedule.timesteps // 2 if timestep is None else timestep
         if not 0 <= timestep < model.schedule.timesteps:
-            raise ValueError(f"--interpolate-at must be in [0, {model.schedule.timesteps - 1}]. Received: {timestep}")
+            raise ValueError(
+                f"--interpolate-at must be in [0, {model.schedule.timesteps - 1}]. "
+                f"Received: {timestep}"
+            )
         noise = np.random.default_rng(seed).standard_normal(model.image_shape).astype(np.float32)
         x1, x2 = noise_images(model, images, timestep, noise)
         mixes = np.stack([(1 - w) * x1 + w * x2 for w in weights])
         samples = model.generate(noise=mixes, seed=seed, start_timestep=timestep, **generate_kwargs)
     elif space == "latent":
-        steps, skip = generate_kwargs.get("steps", 50), generate_kwargs.get("skip") or "uniform"
+        steps = generate_kwargs.get("steps") or default_steps("ddim")
+        skip = generate_kwargs.get("skip") or default_skip("ddim")
         labels = generate_kwargs.get("class_labels")
         x_T = model.invert(images, steps=steps, skip=skip, class_labels=labels)
-        kept = {k: v for k, v in generate_kwargs.items() if k in ("class_labels", "guidance", "clip_denoised", "use_ema")}
-        samples = model.generate(noise=slerp(x_T[0], x_T[1], weights), sampler="ddim", steps=steps, eta=0.0, skip=skip, **kept)
+        kept = {
+            k: v
+            for k, v in generate_kwargs.items()
+            if k in ("class_labels", "guidance", "clip_denoised", "use_ema")
+        }
+        samples = model.generate(
+            noise=slerp(x_T[0], x_T[1], weights),
+            sampler="ddim",
+            steps=steps,
+            eta=0.0,
+            skip=skip,
+            **kept,
+        )
     else:
         raise ValueError(f"space must be 'pixel' or 'latent'. Received: space={space!r}")
     return np.concatenate([to_uint8(images[:1]), samples, to_uint8(images[1:])])
@@ -141,7 +196,10 @@ def interpolation(model, image1, image2, timestep=None, num_points=10, space="pi
 
 def default_coarse_timesteps(num_train_timesteps):
     """DDPM Figure 9's rows, t = T, 3T/4, T/2, T/4, plus two close to t = 0 (T/10 and T/40)."""
-    steps = [min(num_train_timesteps - 1, int(round(f * num_train_timesteps))) for f in COARSE_TO_FINE_FRACTIONS]
+    steps = [
+        min(num_train_timesteps - 1, int(round(f * num_train_timesteps)))
+        for f in COARSE_TO_FINE_FRACTIONS
+    ]
     return sorted(set(steps), reverse=True)
 
 
@@ -149,9 +207,17 @@ def coarse_to_fine(model, image, timesteps=None, num_samples=8, seed=0, **genera
     """DDPM Figure 9: row r shares x_t (t = timesteps[r], one noising of `image`) and holds
     [x_t, num_samples samples x_0 ~ p(x_0 | x_t)]; uint8 (rows, num_samples + 1, H, W, C).
     Needs a stochastic sampler (ddpm, or ddim with eta > 0)."""
-    timesteps = default_coarse_timesteps(model.schedule.timesteps) if timesteps is None else list(timesteps)
-    plan_options = {k: v for k, v in generate_kwargs.items() if k in ("sampler", "steps", "eta", "skip", "variance")}
-    plan = samplers.make_plan(model.schedule, **{"sampler": "ddim", **plan_options}, start=max(timesteps))
+    timesteps = (
+        default_coarse_timesteps(model.schedule.timesteps) if timesteps is None else list(timesteps)
+    )
+    plan_options = {
+        k: v
+        for k, v in generate_kwargs.items()
+        if k in ("sampler", "steps", "eta", "skip", "variance")
+    }
+    plan = samplers.make_plan(
+        model.schedule, **{"sampler": "ddim", **plan_options}, start=max(timesteps)
+    )
     if not plan.stochastic:
         raise ValueError(
             "coarse_to_fine draws several x_0 from one x_t, so it needs a stochastic sampler: "
@@ -162,14 +228,18 @@ def coarse_to_fine(model, image, timesteps=None, num_samples=8, seed=0, **genera
     for row, t in enumerate(timesteps):
         x_t = noise_images(model, image[None], t, noise)
         samples = model.generate(
-            noise=np.repeat(x_t, num_samples, axis=0), seed=seed + 1 + row, start_timestep=t, **generate_kwargs
+            noise=np.repeat(x_t, num_samples, axis=0),
+            seed=seed + 1 + row,
+            start_timestep=t,
+            **generate_kwargs,
         )
         rows.append(np.concatenate([to_uint8(np.clip(x_t, -1.0, 1.0)), samples]))
     return np.stack(rows)
 
 
 def inpainting(model, image, fill_mask, num_samples=4, seed=0, **generate_kwargs):
-    """[image, image with the region grayed out, num_samples fills], uint8 (num_samples + 2, H, W, C).
+    """[image, image with the region grayed out, num_samples fills], uint8
+    (num_samples + 2, H, W, C).
 
     `fill_mask` (H, W, 1), 1 where the model draws. Replacement method (Song et al. 2021, SDE
     paper app. I; RePaint without resampling): after each step the known pixels are set to the
@@ -177,8 +247,13 @@ def inpainting(model, image, fill_mask, num_samples=4, seed=0, **generate_kwargs
     """
     fill_mask = np.asarray(fill_mask, np.float32)
     if fill_mask.shape[:2] != model.image_shape[:2]:
-        raise ValueError(f"The mask must be {model.image_shape[0]}x{model.image_shape[1]}. Received: {fill_mask.shape[:2]}")
+        raise ValueError(
+            f"The mask must be {model.image_shape[0]}x{model.image_shape[1]}. "
+            f"Received: {fill_mask.shape[:2]}"
+        )
     known = 1.0 - fill_mask[..., :1]
-    samples = model.generate(num_samples, seed=seed, known_images=image[None], known_mask=known[None], **generate_kwargs)
+    samples = model.generate(
+        num_samples, seed=seed, known_images=image[None], known_mask=known[None], **generate_kwargs
+    )
     masked = image * known  # 0 (mid-gray) where the model draws
     return np.concatenate([to_uint8(image[None]), to_uint8(masked[None]), samples])

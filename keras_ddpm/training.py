@@ -1,17 +1,20 @@
 """A training run that survives real use: checkpoints and resume, metrics, samples, Ctrl-C, NaN stop.
 
+    result = training.run(RunConfig(preset="mnist", out_dir="runs/mnist"))  # `python cli.py train`
+
     with training.distribution_scope("mirrored"):       # or "data_parallel" (JAX), "none"
         model = DiffusionModel(config); model.compile()
-        result = training.fit(model, dataset, total_steps=800_000, out_dir="runs/cifar10")
+        result = training.fit(model, dataset, RunConfig(steps=800_000, out_dir="runs/cifar10"))
 
-`fit` is Keras' `model.fit` with the run's callbacks: `Checkpoint` (atomic, every N steps,
-keep K), `MetricsLogger` (OUT/metrics.csv and TensorBoard under OUT/logs), `SampleGrid`
-(OUT/samples) and a progress bar; it continues from `model.optimizer.iterations`, so
-a model loaded from a checkpoint trains on to the same `total_steps`.
+`run` is the whole run of a `RunConfig` (`keras_ddpm.run_config`): resume, the dataset,
+OUT/config.json, FID callbacks, `fit` and OUT/model.keras. `fit` is Keras' `model.fit` with the
+run's callbacks: `Checkpoint` (atomic, every N steps, keep K), `MetricsLogger` (OUT/metrics.csv
+and TensorBoard under OUT/logs), `SampleGrid` (OUT/samples) and a progress bar; it continues from
+`model.optimizer.iterations`, so a model loaded from a checkpoint trains on to the same total.
 """
 
-import contextlib
 import dataclasses
+import json
 import os
 import signal
 import sys
@@ -21,6 +24,7 @@ import time
 import keras
 
 from keras_ddpm import backend
+from keras_ddpm.callbacks import FIDCallback
 from keras_ddpm.callbacks import MetricsLogger
 from keras_ddpm.callbacks import MetricsWriter
 from keras_ddpm.callbacks import NonFiniteLossError
@@ -29,9 +33,13 @@ from keras_ddpm.callbacks import StepCallback
 from keras_ddpm.checkpoints import Checkpoint
 from keras_ddpm.checkpoints import CheckpointManager
 from keras_ddpm.checkpoints import RunLock
+from keras_ddpm.checkpoints import write_atomically
+from keras_ddpm.diffusion_model import DiffusionModel
+from keras_ddpm.run_config import CONFIG_NAME
+from keras_ddpm.saving import load_model_file
 
 MIXED_PRECISION = {"no": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
-DISTRIBUTIONS = {"none": None, "mirrored": "tensorflow", "data_parallel": "jax"}
+DISTRIBUTIONS = tuple(backend.DISTRIBUTIONS)  # "none", "mirrored", "data_parallel"
 
 
 def set_mixed_precision(mode):
@@ -52,16 +60,9 @@ def set_mixed_precision(mode):
 
 def num_replicas(distribute):
     """How many devices `distribution_scope(distribute)` splits each batch across."""
-    if distribute == "mirrored":
-        import tensorflow as tf
-
-        return len(tf.config.list_logical_devices("GPU")) or len(tf.config.list_logical_devices("CPU"))
-    if distribute == "data_parallel":
-        return len(keras.distribution.list_devices())
-    return 1
+    return backend.num_replicas(distribute)
 
 
-@contextlib.contextmanager
 def distribution_scope(distribute="none"):
     """Builds, compiles and fits inside this scope to split every global batch across the local devices.
 
@@ -69,22 +70,7 @@ def distribution_scope(distribute="none"):
     CPUs). "data_parallel": `keras.distribution.DataParallel` (JAX backend). For several
     machines, see the README (MultiWorkerMirroredStrategy / `keras.distribution.initialize`).
     """
-    if distribute not in DISTRIBUTIONS:
-        raise ValueError(f"distribute must be one of {tuple(DISTRIBUTIONS)}. Received: {distribute!r}")
-    backend = DISTRIBUTIONS[distribute]
-    if backend and keras.backend.backend() != backend:
-        raise ValueError(f"--distribute {distribute} needs the {backend} backend (KERAS_BACKEND={backend}).")
-    if distribute == "mirrored":
-        import tensorflow as tf
-
-        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [d.name for d in tf.config.list_logical_devices("CPU")]
-        with tf.distribute.MirroredStrategy(devices).scope():
-            yield
-    elif distribute == "data_parallel":
-        with keras.distribution.DataParallel(devices=keras.distribution.list_devices()).scope():
-            yield
-    else:
-        yield
+    return backend.distribution_scope(distribute)
 
 
 class ProgressBar(StepCallback):
@@ -175,25 +161,13 @@ class TrainResult:
     checkpoint: str  # the newest checkpoint's path
 
 
-def fit(
-    model,
-    dataset,
-    total_steps,
-    out_dir,
-    checkpoint_every=1000,
-    keep_checkpoints=3,
-    log_every=100,
-    sample_every=0,
-    sample_steps=50,
-    batch_size=None,
-    verbose=1,
-    callbacks=(),
-    writer=None,
-    run_lock=None,
-):
-    """Trains `model` (compiled) on `dataset` until `model.optimizer.iterations == total_steps`.
+def fit(model, dataset, config, callbacks=(), writer=None, run_lock=None):
+    """Trains `model` (compiled) on `dataset` until `model.optimizer.iterations == config.steps`.
 
-    Writes OUT/checkpoints/ckpt-<step>.keras every `checkpoint_every` steps (the newest
+    `config` is a `RunConfig`: its `steps` (None: the model's `train_steps`), `out_dir` (OUT),
+    `checkpoint_every`, `keep_checkpoints`, `log_every`, `sample_every`, `sample_steps`,
+    `batch_size` (for images/s; None: not shown) and `verbose` are read. Writes
+    OUT/checkpoints/ckpt-<step>.keras every `checkpoint_every` steps (the newest
     `keep_checkpoints`) and at the end, including after a Ctrl-C; OUT/metrics.csv and
     TensorBoard scalars under OUT/logs every `log_every` steps; an EMA sample grid under
     OUT/samples every `sample_every` steps (0: never). A NaN/inf loss raises
@@ -202,33 +176,248 @@ def fit(
     share the metrics table with them. OUT is locked meanwhile (`RunLock`; another trainer
     there raises `RunInUseError`); pass `run_lock` if you hold OUT's lock already.
     """
+    total_steps = config.steps or model.config.train.train_steps
+    out_dir = config.out_dir
     with run_lock or RunLock(out_dir):
         start = int(model.optimizer.iterations)
-        manager = CheckpointManager(os.path.join(out_dir, "checkpoints"), keep=keep_checkpoints)
-        writer = writer or MetricsWriter(os.path.join(out_dir, "metrics.csv"), os.path.join(out_dir, "logs"), resume_step=start)
+        manager = CheckpointManager(
+            os.path.join(out_dir, "checkpoints"), keep=config.keep_checkpoints
+        )
+        writer = writer or MetricsWriter(
+            os.path.join(out_dir, "metrics.csv"), os.path.join(out_dir, "logs"), resume_step=start
+        )
         if start >= total_steps:
             latest = manager.latest()
             return TrainResult(start, False, None, latest[1] if latest else None)
-        checkpoint = Checkpoint(manager, checkpoint_every)
-        run_callbacks = [*callbacks, MetricsLogger(writer, log_every, batch_size)]
-        if sample_every:
-            run_callbacks.append(SampleGrid(os.path.join(out_dir, "samples"), sample_every, steps=sample_steps))
-        run_callbacks.append(checkpoint)  # last: the metrics of its step are written before it saves
-        if verbose:
-            run_callbacks.append(ProgressBar(total_steps, batch_size or 0))
+        checkpoint = Checkpoint(manager, config.checkpoint_every)
+        run_callbacks = [*callbacks, MetricsLogger(writer, config.log_every, config.batch_size)]
+        if config.sample_every:
+            grids = SampleGrid(
+                os.path.join(out_dir, "samples"), config.sample_every, steps=config.sample_steps
+            )
+            run_callbacks.append(grids)
+        run_callbacks.append(checkpoint)  # last: its step's metrics are written before it saves
+        if config.verbose:
+            run_callbacks.append(ProgressBar(total_steps, config.batch_size or 0))
         interrupt = GracefulInterrupt(model)
         try:
             with interrupt:
-                history = model.fit(dataset, epochs=1, steps_per_epoch=total_steps - start, shuffle=False, verbose=0, callbacks=run_callbacks)
+                history = model.fit(
+                    dataset,
+                    epochs=1,
+                    steps_per_epoch=total_steps - start,
+                    shuffle=False,
+                    verbose=0,
+                    callbacks=run_callbacks,
+                )
         except NonFiniteLossError as error:
             latest = manager.latest()
-            kept = f"the last good checkpoint is {latest[1]} (step {latest[0]})" if latest else "no checkpoint was saved"
+            kept = "no checkpoint was saved"
+            if latest:
+                kept = f"the last good checkpoint is {latest[1]} (step {latest[0]})"
             raise NonFiniteLossError(f"{error} Nothing was saved after it; {kept}.") from None
         except KeyboardInterrupt:
-            if interrupt.signals < 2:  # not a forced second Ctrl-C: the last finished step is consistent
+            if interrupt.signals < 2:  # not a forced second Ctrl-C: the last step is consistent
                 checkpoint.save()
             raise
         finally:
             writer.close()
     step = checkpoint.step
-    return TrainResult(step, step < total_steps, history, checkpoint.saved[-1][1] if checkpoint.saved else None)
+    newest = checkpoint.saved[-1][1] if checkpoint.saved else None
+    return TrainResult(step, step < total_steps, history, newest)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """What `run` did: it reached `step` of `total_steps`; `interrupted` (Ctrl-C or SIGTERM) runs
+    keep their `checkpoint` and write no model file, the others are saved to `model_path`."""
+
+    step: int
+    total_steps: int
+    interrupted: bool
+    checkpoint: str  # the newest checkpoint's path
+    model_path: str  # OUT/model.keras, None when interrupted
+    history: object  # Keras' History of this session, None when nothing was left to train
+    model: object
+
+    @property
+    def final_loss(self):
+        """The loss of the last step trained in this session, None when none was."""
+        losses = self.history.history.get("loss") if self.history else None
+        return losses[-1] if losses else None
+
+
+def run(config, explicit=None, echo=None):
+    """Trains the run that `config` (a `RunConfig`) describes and saves OUT/model.keras.
+
+    Without `config.resume`, a new model of `config.preset_config()` trains, and OUT must hold
+    no checkpoints. With it, the options of OUT/config.json fill in those not in `explicit`
+    (`RunConfig.with_saved_options`), and training continues from the newest checkpoint that
+    loads; damaged ones are skipped and reported. OUT is locked (`RunLock`) until model.keras
+    is written; OUT/config.json records the options, the backend and the model's configuration.
+    With `fid_every`, FID and KID are measured during training (`callbacks.FIDCallback`).
+
+    `echo(message, err=False)` reports progress (default: print). Returns a `RunResult`.
+    Raises `RunInUseError` when another trainer holds OUT, `NonFiniteLossError` when the loss
+    diverges, and ValueError (one sentence) for an option or a run directory that cannot be used.
+    """
+    echo = echo or _echo
+    config = config.with_saved_options(explicit)
+    out_dir = config.out_dir
+    set_mixed_precision(config.mixed_precision)
+    preset = config.preset_config()
+    batch_size, total = preset.train.batch_size, preset.train.train_steps
+    replicas = num_replicas(config.distribute)
+    if batch_size % replicas:
+        raise ValueError(
+            f"The batch size {batch_size} does not split evenly across {replicas} devices."
+        )
+    if config.steps_per_execution > 1 and not backend.supports_steps_per_execution():
+        raise ValueError(
+            "--steps-per-execution needs the tensorflow or jax backend; PyTorch runs one step "
+            "per call."
+        )
+    manager = CheckpointManager(os.path.join(out_dir, "checkpoints"), keep=config.keep_checkpoints)
+    with RunLock(out_dir) as run_lock:  # until model.keras is written
+        if not config.resume and manager.checkpoints():
+            raise ValueError(
+                f"{out_dir} already holds checkpoints: pass --resume to continue that run, or "
+                "choose another --out."
+            )
+        keras.utils.set_random_seed(config.seed)
+        with distribution_scope(config.distribute):
+            model = _model_to_train(config, preset, manager, echo)
+            start = int(model.optimizer.iterations)
+            dataset = _training_dataset(config, model, batch_size, start)
+            _write_json(
+                os.path.join(out_dir, CONFIG_NAME),
+                {
+                    "dataset": config.dataset,
+                    "seed": config.seed,
+                    "backend": backend.backend_name(),
+                    "config": model.config.replace(train_steps=total).to_dict(),
+                    "options": config.options(),
+                },
+            )
+            writer = MetricsWriter(
+                os.path.join(out_dir, "metrics.csv"),
+                os.path.join(out_dir, "logs"),
+                resume_step=start,
+            )
+            callbacks = _fid_callbacks(config, model, writer, echo) if config.fid_every else []
+            devices = f" on {replicas} devices" if replicas > 1 else ""
+            echo(
+                f"training {model.config.name} ({model.network.count_params():,} parameters) on "
+                f"{config.dataset} from step {start} to {total}{devices}"
+            )
+            session = dataclasses.replace(config, steps=total, batch_size=batch_size)
+            result = fit(model, dataset, session, callbacks, writer, run_lock)
+        model_path = None
+        if not result.interrupted:
+            model_path = write_atomically(model, os.path.join(out_dir, "model.keras"))
+    return RunResult(
+        step=result.step,
+        total_steps=total,
+        interrupted=result.interrupted,
+        checkpoint=result.checkpoint,
+        model_path=model_path,
+        history=result.history,
+        model=model,
+    )
+
+
+def _echo(message, err=False):
+    print(message, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def _model_to_train(config, preset, manager, echo):
+    """The newest checkpoint that loads (with `resume`), else a new model; compiled."""
+    latest, skipped = manager.load_latest(load_model_file) if config.resume else (None, [])
+    for path, reason in skipped:
+        echo(f"skipped {path}: {reason}", err=True)
+    if skipped and not latest:
+        raise ValueError(
+            f"None of the checkpoints in {manager.directory} loads; move them away to train "
+            "again from step 0."
+        )
+    if latest:
+        step, path, model = latest
+        echo(f"resuming from {path} (step {step})")
+    else:
+        if config.resume:
+            echo(f"no checkpoint in {manager.directory}; starting at step 0")
+        model = DiffusionModel(preset, seed=config.seed)
+    jit = backend.default_jit_compile() if config.jit_compile is None else config.jit_compile
+    model.compile(
+        optimizer=model.optimizer if latest else None,
+        jit_compile=jit,
+        steps_per_execution=config.steps_per_execution,
+    )
+    return model
+
+
+def _training_dataset(config, model, batch_size, start):
+    from keras_ddpm import data
+
+    unet, train = model.config.unet, model.config.train
+    flip = config.flip
+    if flip is None:
+        flip = train.horizontal_flip and data.default_horizontal_flip(config.dataset)
+    return data.make_dataset(
+        config.dataset,
+        unet.image_size,
+        unet.image_channels,
+        batch_size,
+        with_labels=bool(unet.num_classes),
+        horizontal_flip=flip,
+        seed=config.seed + start,  # a resumed run draws a new data order, not the first batches
+        data_dir=config.data_dir,
+        crop=config.crop,
+        cache=None if config.cache == "none" else config.cache,
+    )
+
+
+def _fid_callbacks(config, model, writer, echo):
+    """[FIDCallback] for `fid_every`: reference statistics first, so bad weights fail before
+    training."""
+    from keras_ddpm import fid
+
+    if config.fid_steps > model.schedule.timesteps:
+        raise ValueError(
+            f"--fid-steps {config.fid_steps} exceeds the model's {model.schedule.timesteps} "
+            "training timesteps."
+        )
+    extractor = fid.inception_v3(config.inception_weights, batch_size=min(50, config.fid_samples))
+    size, _, channels = model.image_shape
+    echo(f"reference statistics of {config.dataset} ({config.fid_samples} images at most)")
+    reference, _ = fid.reference_statistics(
+        config.dataset,
+        size,
+        channels,
+        config.fid_samples,
+        extractor,
+        cache_dir=fid.default_cache_dir(),
+        progress=True,
+        crop=config.crop,
+        data_dir=config.data_dir,
+    )
+    callback = FIDCallback(
+        reference,
+        config.fid_samples,
+        every_n_steps=config.fid_every,
+        extractor=extractor,
+        steps=config.fid_steps,
+        batch_size=extractor.batch_size,
+        csv_path=os.path.join(config.out_dir, "metrics.csv"),
+        log_dir=os.path.join(config.out_dir, "logs"),
+        writer=writer,
+    )
+    return [callback]
+
+
+def _write_json(path, value):
+    """Writes JSON atomically (a temporary file in the same folder, then a rename)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(path + ".tmp", path)

@@ -1,12 +1,24 @@
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
-import keras
-import numpy as np
-import pytest
+# JAX compiles the same tiny programs (a train step, a sampling loop) in many tests: its persistent
+# compilation cache, in a folder of this session's own (and its child processes', which inherit the
+# variables), compiles each once. Set before JAX is imported (by keras, below).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="keras_ddpm_jax_cache_")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
-from keras_ddpm import backend
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from keras_ddpm import backend  # noqa: E402
+from keras_ddpm.backend import child_environment  # noqa: E402
 
 backend.configure_xla_cpu()  # before any JAX computation, as the CLI and the app do
 
@@ -30,15 +42,38 @@ def randomize_weights(model, scale=0.05, seed=0):
     return model
 
 
+def compile_for_numbers(model, **kwargs):
+    """`model.compile(**kwargs)` for a test that checks the numbers of a few steps, not their
+    compilation: eager where that is quicker (TensorFlow traces a step for about 20 s, PyTorch is
+    eager anyway), jitted on JAX (whose eager mode compiles every operation on its own)."""
+    model.compile(run_eagerly=keras.backend.backend() != "jax", **kwargs)
+    return model
+
+
 def run_python(code, backend, timeout=300):
     """Runs `code` in a fresh interpreter under `backend`; returns stdout (raises on failure)."""
-    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=child_environment(backend),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if result.returncode:
         raise AssertionError(f"{backend} subprocess failed:\n{result.stderr[-3000:]}")
     return result.stdout
+
+
+def pytest_collection_modifyitems(config, items):
+    """With KERAS_DDPM_ONCE=0, leaves out the tests marked `once` (./run_tests.sh runs them in one
+    of its three backend lanes only: their result does not depend on KERAS_BACKEND)."""
+    if os.environ.get("KERAS_DDPM_ONCE", "1") != "0":
+        return
+    once = [item for item in items if item.get_closest_marker("once")]
+    if once:
+        config.hook.pytest_deselected(items=once)
+        items[:] = [item for item in items if not item.get_closest_marker("once")]
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ import os
 import shlex
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -18,12 +20,13 @@ from click.testing import CliRunner
 from conftest import randomize_weights
 from PIL import Image
 
-import keras_ddpm
 from keras_ddpm import DiffusionModel
+from keras_ddpm import diffusion_model
 from keras_ddpm import get_preset
 from keras_ddpm import sample_request
 from keras_ddpm import samplers
 from keras_ddpm import sampling_modes
+from keras_ddpm import sampling_options
 from keras_ddpm.diffusion_model import to_uint8
 from keras_ddpm.images import make_grid
 
@@ -68,7 +71,7 @@ def test_result_is_what_its_cli_command_draws(app, model_path, tmp_path, monkeyp
     pixels = np.asarray(Image.open(grid))
     assert pixels.shape == make_grid(np.zeros((6, 16, 16, 1), np.uint8)).shape[:2]  # 3 x 2 tiles
     monkeypatch.chdir(tmp_path)
-    from cli import cli
+    from keras_ddpm.cli import cli
 
     args = shlex.split(command)
     assert args[:3] == ["python", "cli.py", "sample"] and "--class-label" in args
@@ -77,8 +80,51 @@ def test_result_is_what_its_cli_command_draws(app, model_path, tmp_path, monkeyp
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "samples.png")), pixels)
 
 
+@pytest.mark.slow
+def test_the_app_builds_from_anywhere_without_the_cli_module_or_sys_path_changes(tmp_path):
+    # Outside the repository, as `python apps/sample_app.py` runs with keras_ddpm installed:
+    # the module and the form of the shipped model.
+    script = os.path.abspath(sample_app.__file__)
+    code = (
+        "import runpy, sys; before = list(sys.path); "
+        f"app = runpy.run_path({script!r}, run_name='sample_app'); "
+        "registry = app['ModelRegistry'](); "
+        "app['build_ui'](app['SamplingApp'](registry, work_dir='.')); "
+        "assert sys.path == before, sys.path; "
+        "print([m for m in ('cli', 'keras_ddpm.cli') if m in sys.modules])"
+    )
+    command = [sys.executable, "-c", code]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_form_is_built_from_the_sampling_options(app):
+    demo = sample_app.build_ui(app)
+    widgets = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    labels = sampling_options.MODE_LABELS
+    assert widgets["mode"].choices == [(labels[mode], mode) for mode in sampling_options.MODES]
+    samplers_offered = [sampler for _, sampler in widgets["sampler"].choices]
+    assert samplers_offered == list(sampling_options.SAMPLERS)
+    spaces = [space for _, space in widgets["space"].choices]
+    assert spaces == list(sampling_options.INTERPOLATION_SPACES)
+    names = ("mode", "sampler", "steps", "num_images", "n_points")
+    values = [widgets[name].value for name in names]
+    assert values == ["normal", "ddim", 50, 16, 10]
+    (mode_changed,) = [f.fn for f in demo.fns.values() if f.name == "mode_changed"]
+    updates = mode_changed("coarse_to_fine")
+    sampler, n_frames, real, second, interpolation, coarse, mask, gif = updates
+    assert sampler["value"] == "ddpm" and real["visible"] and coarse["visible"]
+    hidden = (n_frames, second, interpolation, mask, gif)
+    assert not any(update["visible"] for update in hidden)
+    sampler, n_frames, *_, gif = mode_changed("denoising_process")
+    assert sampler["value"] == "ddim" and gif["visible"]
+    assert n_frames == {"__type__": "update", "visible": True, "value": 20}
+    assert mode_changed("sequence")[1]["value"] == 10
+
+
 def test_commands_name_the_modes_options(app, model_path):
-    from cli import cli
+    from keras_ddpm.cli import cli
 
     model = app.registry.load(model_path)
     request = sample_request.SampleRequest(mode="coarse_to_fine", steps=5, seed=3, batch_size=4, coarse_timesteps=(50, 10), n_points=3)
@@ -87,7 +133,7 @@ def test_commands_name_the_modes_options(app, model_path):
         "--coarse-timesteps 50,10 --save-path out.png"
     )
     extra = {"interpolation": dict(image_idx2=4, interpolate_at=20, interpolation_space="latent"), "inpainting": dict(mask="0,0,8,8")}
-    for mode in sampling_modes.MODES:
+    for mode in sampling_options.MODES:
         request = sample_request.SampleRequest(mode=mode, eta=0.5, guidance=1.5, class_label=2, n_frames=3, **extra.get(mode, {}))
         args = shlex.split(request.resolve(model).command("m.keras", "out.png"))
         context = cli.commands["sample"].make_context("sample", args[3:])  # parses every option, runs nothing
@@ -182,7 +228,8 @@ def test_network_evaluations_are_what_each_mode_runs(app, model_path, values):
     model = app.registry.load(model_path)
     request = sample_request.SampleRequest(**values).resolve(model)
     counting = CountingModel(model)
-    images = list(np.random.default_rng(0).uniform(-1, 1, (sample_request.REAL_IMAGE_MODES.get(request.mode, 0), *model.image_shape)))
+    count = sampling_options.REAL_IMAGE_MODES.get(request.mode, 0)
+    images = list(np.random.default_rng(0).uniform(-1, 1, (count, *model.image_shape)))
     sample_request.run(counting, request, images or None)
     assert request.network_evaluations(model) == counting.evaluations > 0
 
@@ -266,7 +313,8 @@ def test_model_load_errors_give_one_sentence(model_path, monkeypatch):
     def refuse(path):
         raise ValueError(f"{os.path.basename(path)} is not a keras_ddpm model.\nIt holds a keras.Sequential.")
 
-    monkeypatch.setattr(keras_ddpm, "load_model", refuse)  # as keras_ddpm.load_model does for a foreign .keras
+    # As keras_ddpm.load_model does for a foreign .keras file.
+    monkeypatch.setattr(diffusion_model, "load_model", refuse)
     with pytest.raises(SystemExit) as exited:
         demo, _ = sample_app.main(["--model", model_path, "--port", str(free_port())], block=False)
         demo.close()  # not reached unless the app served the model

@@ -50,6 +50,7 @@ def inception_weights(tmp_path_factory):
     return path
 
 
+@pytest.mark.once
 @pytest.mark.slow
 def test_fid_during_fit_goes_into_history_csv_and_tensorboard(reference, inception_weights, tiny_images, tmp_path):
     extractor, real = reference
@@ -114,6 +115,7 @@ def test_bad_arguments_are_rejected(reference):
         FIDCallback(real, 1, every_n_steps=1)
 
 
+@pytest.mark.once
 def test_cli_train_fid_every_wires_a_callback_into_fit(tmp_path, monkeypatch):
     """`train --fid-every 2 --fid-samples 4`: the reference, the callback, driven through Keras' hooks.
 
@@ -122,7 +124,7 @@ def test_cli_train_fid_every_wires_a_callback_into_fit(tmp_path, monkeypatch):
     """
     from click.testing import CliRunner
 
-    from cli import cli
+    from keras_ddpm.cli import cli
 
     passed = []
 

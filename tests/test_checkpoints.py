@@ -17,6 +17,7 @@ from keras import ops
 from conftest import REPO
 from keras_ddpm import DiffusionModel
 from keras_ddpm import load_model
+from keras_ddpm.backend import child_environment
 from keras_ddpm.callbacks import MetricsWriter
 from keras_ddpm.checkpoints import CheckpointManager
 from keras_ddpm.checkpoints import is_complete
@@ -26,6 +27,7 @@ def numpy_weights(network):
     return [ops.convert_to_numpy(w) for w in network.weights]
 
 
+@pytest.mark.once
 def test_checkpoints_are_atomic_complete_and_pruned(tmp_path, tiny_images):
     model = DiffusionModel.from_preset("tiny", seed=0)
     model.compile(run_eagerly=True)
@@ -76,6 +78,7 @@ def test_checkpoints_are_atomic_complete_and_pruned(tmp_path, tiny_images):
     assert [pid for pid, path in temporaries.items() if path.exists()] == [os.getppid()]  # alive: still writing
 
 
+@pytest.mark.once
 def test_metrics_writer_skips_malformed_rows_with_one_warning(tmp_path):
     path = tmp_path / "metrics.csv"
     path.write_text("step,loss,lr,images_per_sec\n2,0.5,0.001,9.0\ngarbage,row\n4,0.4,0.001,9.0,extra\n\x00\x00\x00\n6,0.3,0.001,9.0\n")
@@ -86,6 +89,7 @@ def test_metrics_writer_skips_malformed_rows_with_one_warning(tmp_path):
     assert [(r["step"], r["loss"]) for r in csv.DictReader(open(path))] == [("2", "0.5"), ("8", "0.2")]
 
 
+@pytest.mark.once
 def test_metrics_writer_merges_rows_and_drops_rows_after_the_resume_step(tmp_path):
     path = str(tmp_path / "metrics.csv")
     writer = MetricsWriter(path)
@@ -104,10 +108,11 @@ def train_command(out, *extra):
             "--checkpoint-every", "4", "--log-every", "2", "--sample-every", "0", "--verbose", "0", "--seed", "3", "--ema-decay", "0.999", *extra]  # fmt: skip
 
 
+@pytest.mark.once
 @pytest.mark.slow
 def test_resume_after_sigkill_continues_steps_metrics_and_ema(tmp_path):
     out = str(tmp_path / "run")
-    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = child_environment(keras.backend.backend())
     process = subprocess.Popen(train_command(out, "--cache", "none"), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     manager = CheckpointManager(os.path.join(out, "checkpoints"))
     deadline = time.time() + 240

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import cli
+from keras_ddpm.cli import cli
 from keras_ddpm import build_unet
 from keras_ddpm import get_preset
 from keras_ddpm import load_model
@@ -110,10 +110,12 @@ def test_sample_rejects_bad_values(trained_run, tmp_path):
 
 
 def test_cli_offers_every_sampler_the_library_has():
-    from cli import SAMPLERS
-    from keras_ddpm.sample_request import SAMPLERS as LIBRARY_SAMPLERS
+    from keras_ddpm import sampling_options
 
-    assert SAMPLERS == LIBRARY_SAMPLERS
+    for command in ("sample", "eval"):
+        (sampler,) = [p for p in cli.commands[command].params if p.name == "sampler"]
+        assert tuple(sampler.type.choices) == sampling_options.SAMPLERS
+    assert sampling_options.SAMPLERS == ("ddim", "ddpm", "dpm_solver")
 
 
 @pytest.mark.slow
@@ -121,9 +123,9 @@ def test_cli_runs_as_a_program():
     import subprocess
     import sys
 
-    import keras
+    from keras_ddpm import backend
 
-    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = backend.child_environment(backend.backend_name())
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run(
         [sys.executable, "cli.py", "info", "--preset", "ddpm_cifar10"], cwd=repo, env=env, capture_output=True, text=True

@@ -9,8 +9,10 @@ import keras
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from keras_ddpm.cli import cli
 from keras_ddpm import DiffusionModel
+
+pytestmark = pytest.mark.once  # the CLI is backend-free (tests/backend/test_isolation.py)
 
 
 @pytest.fixture(scope="module")

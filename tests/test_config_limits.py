@@ -15,6 +15,8 @@ from keras_ddpm.config import PRESETS
 from keras_ddpm.config import DiffusionConfig
 from keras_ddpm.config import preset_from_dict
 
+pytestmark = pytest.mark.once  # dataclass validation
+
 # `build_unet(config).count_params()`: the papers' models (test_unet.py builds them) and the
 # class-conditional tiny and mnist models (the app tests' and saved_models/mnist.txt's). Building a
 # network to compare takes 40 s on JAX's first use; these cover 1-2 blocks, 3-6 levels, equal and

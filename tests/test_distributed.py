@@ -12,8 +12,9 @@ import sys
 
 import keras
 import pytest
-
 from conftest import REPO
+
+from keras_ddpm.backend import child_environment
 
 STEP = """
 import json, sys
@@ -56,7 +57,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 def run_step(backend, distribute, setup, env=None):
     code = STEP.format(tests=os.path.join(REPO, "tests"), setup=setup, distribute=distribute)
-    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    env = child_environment(backend, **(env or {}))
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -40,6 +40,7 @@ def tiny_extractor(name="tiny-test", batch_size=8, seed=0):
 # Frechet distance.
 
 
+@pytest.mark.once
 def test_frechet_distance_of_diagonal_gaussians_is_the_closed_form():
     m1, m2 = np.array([0.0, 1.0, -2.0]), np.array([1.0, 1.0, 0.5])
     v1, v2 = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
@@ -49,6 +50,7 @@ def test_frechet_distance_of_diagonal_gaussians_is_the_closed_form():
     assert fid.frechet_distance([3.0], [[4.0]], [1.0], [[1.0]]) == pytest.approx(4.0 + 1.0)  # 1-d: (m1-m2)^2 + (s1-s2)^2
 
 
+@pytest.mark.once
 def test_frechet_distance_of_full_gaussians_is_the_closed_form_and_symmetric():
     rng = np.random.default_rng(1)
     m1, m2 = rng.standard_normal(12), rng.standard_normal(12)
@@ -59,6 +61,7 @@ def test_frechet_distance_of_full_gaussians_is_the_closed_form_and_symmetric():
     assert fid.frechet_distance(m1, s1, m1, s1) == pytest.approx(0.0, abs=1e-9)
 
 
+@pytest.mark.once
 def test_fid_of_sampled_gaussians_streamed_in_batches_approaches_the_closed_form():
     rng = np.random.default_rng(2)
     d = 4
@@ -75,6 +78,7 @@ def test_fid_of_sampled_gaussians_streamed_in_batches_approaches_the_closed_form
     assert fid.frechet_distance(a.mean, a.covariance, b.mean, b.covariance) == pytest.approx(expected, rel=0.03)
 
 
+@pytest.mark.once
 def test_fid_from_features_is_exact_for_singular_covariances():
     rng = np.random.default_rng(3)
     x, y = rng.standard_normal((10, 64)), rng.standard_normal((12, 64)) * 1.5 + 0.2  # rank < d
@@ -92,6 +96,7 @@ def test_fid_from_features_is_exact_for_singular_covariances():
     assert fid.frechet_distance_from_features(x, y) == pytest.approx(sqrtm_value, rel=1e-9)
 
 
+@pytest.mark.once
 def test_mismatched_statistics_are_rejected():
     with pytest.raises(ValueError, match="do not match"):
         fid.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
@@ -100,6 +105,7 @@ def test_mismatched_statistics_are_rejected():
 # Streaming statistics.
 
 
+@pytest.mark.once
 def test_streaming_mean_and_covariance_match_numpy_even_with_large_means():
     rng = np.random.default_rng(4)
     x = rng.standard_normal((1000, 8)) * 0.01 + 1e4
@@ -111,6 +117,7 @@ def test_streaming_mean_and_covariance_match_numpy_even_with_large_means():
     np.testing.assert_allclose(stats.covariance, np.cov(x, rowvar=False), rtol=1e-6, atol=1e-12)
 
 
+@pytest.mark.once
 def test_kid_features_are_a_bounded_uniform_reservoir():
     rows = np.arange(2000, dtype=np.float64)[:, None].repeat(2, axis=1)
     stats = fid.FeatureStatistics(max_kid_features=200, seed=0)
@@ -132,6 +139,7 @@ def brute_force_mmd(a, b, degree=3, coef0=1.0):
     return same - 2 * sum(k(a[i], b[j]) for i in range(m) for j in range(m)) / m**2
 
 
+@pytest.mark.once
 def test_kid_is_the_unbiased_mmd_estimate():
     rng = np.random.default_rng(5)
     x, y = rng.standard_normal((6, 3)), rng.standard_normal((6, 3)) + 1
@@ -140,6 +148,7 @@ def test_kid_is_the_unbiased_mmd_estimate():
     assert kid_std == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.once
 def test_kid_with_a_linear_kernel_estimates_the_squared_mean_difference():
     rng = np.random.default_rng(6)
     mean_shift = np.array([0.5, -0.25, 0.0, 1.0])
@@ -148,6 +157,7 @@ def test_kid_with_a_linear_kernel_estimates_the_squared_mean_difference():
     assert kid == pytest.approx(np.sum(mean_shift**2), rel=0.05)  # E[x.x'] terms: ||mu_x - mu_y||^2 = 1.3125
 
 
+@pytest.mark.once
 def test_kid_is_near_zero_for_one_distribution_and_positive_for_a_shift():
     rng = np.random.default_rng(7)
     x, y = rng.standard_normal((1000, 16)), rng.standard_normal((1000, 16))
@@ -243,6 +253,7 @@ def test_missing_or_broken_weights_files_are_one_sentence(tmp_path):
 # Reference statistics and their cache.
 
 
+@pytest.mark.once
 def test_reference_statistics_are_cached_by_key_and_loaded_without_pickles(tmp_path):
     extractor = tiny_extractor()
     stats, path = fid.reference_statistics("mnist_5k:test", 16, 1, 20, extractor, batch_size=8, cache_dir=str(tmp_path))
@@ -284,6 +295,7 @@ def test_reference_statistics_are_cached_by_key_and_loaded_without_pickles(tmp_p
     assert len({fid.cache_path(k, str(tmp_path)) for k in other} | {path}) == len(other) + 1
 
 
+@pytest.mark.once
 def test_pickled_or_foreign_cache_files_are_recomputed(tmp_path):
     extractor, folder = tiny_extractor(), str(tmp_path / "real")
     write_images(folder, 10)
@@ -295,6 +307,7 @@ def test_pickled_or_foreign_cache_files_are_recomputed(tmp_path):
         assert f["mean"].dtype == np.float64  # overwritten with real statistics
 
 
+@pytest.mark.once
 def test_random_weights_are_not_cached(tmp_path):
     folder = str(tmp_path / "real")
     write_images(folder, 4)
@@ -309,6 +322,7 @@ def write_images(directory, count, size=16, seed=0):
         Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(os.path.join(directory, f"{i:03d}.png"))
 
 
+@pytest.mark.once
 def test_image_folders_stream_in_order_and_their_contents_key_the_cache(tmp_path):
     folder = str(tmp_path / "real")
     write_images(folder, 6)
@@ -324,6 +338,7 @@ def test_image_folders_stream_in_order_and_their_contents_key_the_cache(tmp_path
         fid.folder_batches(str(tmp_path / "missing"), 4).__next__()
 
 
+@pytest.mark.once
 def test_compare_reports_both_counts_and_uses_the_exact_path_for_few_images():
     rng = np.random.default_rng(10)
     x, y = rng.standard_normal((20, 32)), rng.standard_normal((30, 32)) + 0.1
@@ -339,11 +354,12 @@ def test_compare_reports_both_counts_and_uses_the_exact_path_for_few_images():
 def run_cli(args):
     from click.testing import CliRunner
 
-    from cli import cli
+    from keras_ddpm.cli import cli
 
     return CliRunner().invoke(cli, args)
 
 
+@pytest.mark.once
 @pytest.mark.slow
 def test_cli_eval_of_a_model_then_of_its_saved_images(random_inception, tmp_path):
     """--model with --gen-data-dir keeps the samples; --gen-data-dir alone reads them back."""
@@ -374,6 +390,7 @@ def test_cli_eval_of_a_model_then_of_its_saved_images(random_inception, tmp_path
     assert b["fid"] == pytest.approx(a["fid"], rel=1e-6) and b["kid"] == pytest.approx(a["kid"], rel=1e-6, abs=1e-12)
 
 
+@pytest.mark.once
 def test_cli_eval_user_errors_are_one_line(tmp_path):
     cases = [
         (["eval", "--gen-data-dir", str(tmp_path)], "exactly one of --dataset NAME or --real-data-dir DIR"),
@@ -388,6 +405,7 @@ def test_cli_eval_user_errors_are_one_line(tmp_path):
         assert result.output.startswith("Error: ") and result.output.count("\n") == 1 and "Traceback" not in result.output
 
 
+@pytest.mark.once
 @pytest.mark.slow
 def test_cli_eval_offline_without_weights_says_where_to_get_them(tmp_path, monkeypatch):
     from keras.src.utils import file_utils

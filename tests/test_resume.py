@@ -16,13 +16,15 @@ import keras
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from keras_ddpm.cli import cli
 from keras_ddpm import DiffusionModel
 from keras_ddpm.callbacks import MetricsWriter
 from keras_ddpm.checkpoints import LOCK_NAME
 from keras_ddpm.checkpoints import CheckpointManager
 from keras_ddpm.checkpoints import RunLock
 from keras_ddpm.checkpoints import is_complete
+
+pytestmark = pytest.mark.once  # run-directory machinery, backend-free
 
 OPTIONS = {"preset": "tiny", "steps": 2, "batch_size": 2, "checkpoint_every": 1, "log_every": 1, "sample_every": 0, "verbose": 0, "cache": "none"}  # fmt: skip
 

@@ -11,7 +11,7 @@ RNG = np.random.default_rng(0)
 
 
 def run_step(plan, i, x_t, model_output, noise, prediction="epsilon", clip=False):
-    coefficients = ops.convert_to_tensor(plan.coefficients()[i])
+    coefficients = samplers.StepCoefficients.from_row(ops.convert_to_tensor(plan.coefficients()[i]))
     x_prev, x0 = samplers.denoise_step(
         ops.convert_to_tensor(x_t), ops.convert_to_tensor(model_output), coefficients,
         ops.convert_to_tensor(noise), prediction, clip,

@@ -5,7 +5,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import cli
+from keras_ddpm.cli import cli
 from keras_ddpm import DiffusionModel
 from keras_ddpm import sampling_modes as modes
 from keras_ddpm.images import read_gif
@@ -104,6 +104,7 @@ def run_cli(*args):
     return result.output
 
 
+@pytest.mark.once
 def test_cli_modes_end_to_end(model_file, tmp_path):
     common = ["--model", model_file, "--steps", "4", "--padding", "1", "--batch-size", "4"]
     run_cli(*common, "--mode", "normal", "--save-path", str(tmp_path / "n.png"))
@@ -132,10 +133,11 @@ def test_cli_modes_end_to_end(model_file, tmp_path):
     assert np.array(Image.open(files[0])).shape == (16, 16)
 
 
+@pytest.mark.once
 def test_cli_errors_are_one_sentence(model_file, tmp_path, monkeypatch):
-    import cli as cli_module
+    from keras_ddpm import saving
 
-    monkeypatch.setattr(cli_module, "SAVED_MODELS", str(tmp_path / "none"))
+    monkeypatch.setattr(saving, "SAVED_MODELS", str(tmp_path / "none"))
     result = CliRunner().invoke(cli, ["sample"])
     assert result.exit_code == 1 and "pass --model" in result.output and "Traceback" not in result.output
     for args, message in [

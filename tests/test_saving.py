@@ -7,6 +7,7 @@ import pytest
 from keras import ops
 
 from conftest import BACKENDS
+from conftest import compile_for_numbers
 from conftest import randomize_weights
 from conftest import run_python
 from keras_ddpm import DiffusionModel
@@ -19,7 +20,7 @@ def weights_of(network):
 
 def test_keras_round_trip_keeps_everything(tmp_path, tiny_images):
     model = DiffusionModel.from_preset("tiny", num_classes=2, prediction="v", schedule="cosine", seed=3)
-    model.compile()
+    compile_for_numbers(model)
     model.fit(tiny_images[:16], np.zeros(16, "int32"), batch_size=16, epochs=1, verbose=0)
     randomize_weights(model, seed=1)
     model.ema_network.get_layer("conv_out").kernel.assign(np.ones((3, 3, 16, 1), "float32") * 0.01)
@@ -35,10 +36,10 @@ def test_keras_round_trip_keeps_everything(tmp_path, tiny_images):
     for a, b in zip(weights_of(loaded.ema_network), weights_of(model.ema_network)):
         np.testing.assert_array_equal(a, b)
     assert int(loaded.optimizer.iterations) == 1
-    np.testing.assert_array_equal(
-        loaded.generate(2, steps=3, seed=5, class_labels=1), model.generate(2, steps=3, seed=5, class_labels=1)
-    )
+    sampling = dict(steps=3, seed=5, class_labels=1, compile_loop=False)  # one step compiled, not a loop
+    np.testing.assert_array_equal(loaded.generate(2, **sampling), model.generate(2, **sampling))
     # Training goes on from the loaded state.
+    loaded.run_eagerly = model.run_eagerly
     loaded.fit(tiny_images[:16], np.ones(16, "int32"), batch_size=16, epochs=1, verbose=0)
     assert int(loaded.optimizer.iterations) == 2
 
@@ -58,6 +59,7 @@ print(json.dumps({{
 """
 
 
+@pytest.mark.once
 @pytest.mark.slow
 def test_a_model_saved_on_one_backend_loads_on_the_others(tmp_path):
     model = randomize_weights(DiffusionModel.from_preset("tiny", num_classes=3, seed=0), seed=2)
@@ -101,7 +103,7 @@ def test_a_checkpoint_resumes_training_on_any_backend(tiny_images):
     resumed = DiffusionModel.from_preset("tiny", seed=0)
     resumed.compile_from_config({"optimizer": dict(saved, module="keras.src.backend.torch.optimizers.torch_adam")})
     assert type(resumed.optimizer) is type(keras.optimizers.Adam())  # this backend's Adam
-    resumed.run_eagerly = keras.backend.backend() == "tensorflow"  # one step: TensorFlow would trace for ~20 s
+    resumed.run_eagerly = keras.backend.backend() != "jax"  # as `compile_for_numbers`
     history = resumed.fit(tiny_images[:16], batch_size=16, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
     assert int(resumed.optimizer.iterations) == 1

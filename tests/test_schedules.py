@@ -8,6 +8,8 @@ from keras_ddpm import NoiseSchedule
 from keras_ddpm.schedules import cosine_betas
 from keras_ddpm.schedules import linear_betas
 
+pytestmark = pytest.mark.once  # NumPy float64 math
+
 
 def test_linear_schedule_matches_ddpm():
     schedule = NoiseSchedule.from_config(DiffusionConfig())

@@ -80,6 +80,7 @@ def test_dpm_solver_20_beats_ddim_50_on_the_ode(x_T):
     assert 1.7 < ddim_50 / ddim_100 < 2.3
 
 
+@pytest.mark.once
 def test_dpm_solver_coefficients_follow_algorithm_2():
     plan = samplers.dpm_solver_plan(SCHEDULE, 8)
     a = SCHEDULE.alphas_cumprod
@@ -105,6 +106,7 @@ def test_dpm_solver_coefficients_follow_algorithm_2():
     np.testing.assert_allclose(first.coefficients(), ddim.coefficients(), rtol=1e-6)
 
 
+@pytest.mark.once
 def test_timestep_sequences():
     np.testing.assert_array_equal(samplers.ddim_timesteps(100, 4, start=30), [30, 20, 10, 0])
     np.testing.assert_array_equal(samplers.ddim_timesteps(100, 50, start=3), [3, 2, 1, 0])  # capped at start + 1
@@ -119,6 +121,7 @@ def test_timestep_sequences():
         samplers.ddim_timesteps(100, 4, start=100)
 
 
+@pytest.mark.once
 def test_ddim_inversion_plan_mirrors_ddim():
     inversion, ddim = samplers.ddim_inversion_plan(SCHEDULE, 5), samplers.ddim_plan(SCHEDULE, 5)
     np.testing.assert_array_equal(inversion.timesteps, ddim.timesteps[::-1][:-1])

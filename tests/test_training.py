@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from conftest import compile_for_numbers
 from conftest import randomize_weights
 from keras_ddpm import DiffusionModel
 from keras_ddpm import get_preset
@@ -19,6 +21,7 @@ from keras_ddpm.callbacks import NonFiniteLossError
 from keras_ddpm.optimizers import learning_rate_at
 from keras_ddpm.optimizers import make_learning_rate
 from keras_ddpm.optimizers import make_optimizer
+from keras_ddpm.run_config import RunConfig
 
 
 def lr_values(schedule, steps):
@@ -46,7 +49,7 @@ def one_step_change(images, **overrides):
     """max |w_after - w_before| over the network after one training step."""
     model = randomize_weights(DiffusionModel.from_preset("tiny", seed=0, **overrides), seed=1)
     before = [ops.convert_to_numpy(w) for w in model.network.trainable_weights]
-    model.compile(run_eagerly=True)  # eager: these tests check numbers, not compilation (TF traces for ~20 s)
+    compile_for_numbers(model)
     model.fit(images, batch_size=16, epochs=1, shuffle=False, verbose=0)
     return max(float(np.abs(ops.convert_to_numpy(w) - b).max()) for w, b in zip(model.network.trainable_weights, before))
 
@@ -60,54 +63,13 @@ def test_gradient_clipping_bounds_the_update(tiny_images):
     assert clipped < 1e-3 * 0.05
 
 
-@pytest.mark.parametrize("kind", ["adam", "adamw"])
-def test_torch_fused_update_is_keras_adam(kind):
-    # The PyTorch train step clips with multi-tensor kernels and updates with torch's fused Adam
-    # (backend._torch_apply); over warm-up steps, with clipping active, it must give Keras' result.
-    if keras.backend.backend() != "torch":
-        pytest.skip("the fused update is PyTorch's path; the other backends run Keras' own")
-    import torch
-
-    from keras_ddpm import backend
-
-    config = get_preset("tiny").train
-    config = dataclasses.replace(config, optimizer=kind, weight_decay=0.1 if kind == "adamw" else 0.0, warmup_steps=3, grad_clip=0.5)
-    rng = np.random.default_rng(0)
-    shapes = [(3, 3, 4, 8), (8,), (16, 8)]
-    start = [rng.standard_normal(shape).astype("float32") for shape in shapes]
-    runs = []
-    for fused in (True, False):
-        variables = [keras.Variable(value) for value in start]
-        if fused:  # a convolution kernel in torch's memory order, as layers.Conv2D keeps it on PyTorch
-            layout = backend.TorchConvKernelLayout(keras.initializers.Constant(start[0]))
-            variables[0] = keras.Variable(layout, shape=shapes[0])
-            assert not variables[0].value.is_contiguous()
-        optimizer = make_optimizer(config)
-        optimizer.epsilon = 0.3  # large enough that a wrong epsilon shows
-        optimizer.build(variables)
-        for step in range(4):
-            gradients = [torch.from_numpy(np.random.default_rng(step).standard_normal(s).astype("float32")) for s in shapes]
-            with torch.no_grad():
-                if fused:
-                    backend._torch_apply(optimizer, gradients, variables)
-                else:
-                    optimizer.apply(gradients, variables)
-        assert int(optimizer.iterations) == 4
-        if fused:  # Adam's moments were given the kernel's memory order
-            assert optimizer.variables[2].value.stride() == variables[0].value.stride()
-        runs.append([ops.convert_to_numpy(v) for v in variables + optimizer.variables])
-    for ours, keras_value in zip(*runs):
-        np.testing.assert_allclose(ours, keras_value, rtol=1e-5, atol=1e-7)
-    assert not np.allclose(runs[0][0], start[0])
-
-
 def test_a_new_optimizer_after_compile_is_the_one_that_trains(tiny_images):
     # The PyTorch step keeps its optimizer's tensors between steps; compiling again with a new
     # optimizer must move that one's moments and counter.
     model = DiffusionModel.from_preset("tiny", seed=0)
-    model.compile(run_eagerly=True)
+    compile_for_numbers(model)
     model.fit(tiny_images[:8], batch_size=8, epochs=1, verbose=0)
-    model.compile(optimizer=make_optimizer(get_preset("tiny").train), run_eagerly=True)
+    compile_for_numbers(model, optimizer=make_optimizer(get_preset("tiny").train))
     model.fit(tiny_images[:16], batch_size=8, epochs=1, verbose=0)
     assert int(model.optimizer.iterations) == 2
     first_momentum = model.optimizer.variables[1]  # the first weight's Adam momentum
@@ -118,7 +80,7 @@ def test_ema_warmup_copies_first_then_follows_the_formula(tiny_images):
     model = DiffusionModel.from_preset("tiny", seed=0, ema_warmup_power=0.75, ema_decay=0.999)
     decays = [float(ops.convert_to_numpy(model.ema_decay_at(n))) for n in (1, 2, 11, 10**6)]
     assert decays == pytest.approx([0.0, 1 - 2**-0.75, 1 - 11**-0.75, 0.999], abs=1e-6)
-    model.compile(run_eagerly=True)  # eager: these tests check numbers, not compilation (TF traces for ~20 s)
+    compile_for_numbers(model)
     model.fit(tiny_images[:16], batch_size=16, epochs=1, verbose=0)  # decay 0: the EMA is the trained weights
     for ema, weight in zip(model.ema_network.weights, model.network.weights):
         np.testing.assert_allclose(ops.convert_to_numpy(ema), ops.convert_to_numpy(weight), atol=1e-7)
@@ -129,7 +91,7 @@ def test_mixed_precision_step_is_finite(mode, compute, tiny_images):
     try:
         training.set_mixed_precision(mode)
         model = randomize_weights(DiffusionModel.from_preset("tiny", seed=0), seed=1)
-        model.compile(run_eagerly=True)  # eager: these tests check numbers, not compilation (TF traces for ~20 s)
+        compile_for_numbers(model)
         history = model.fit(tiny_images[:16], batch_size=8, epochs=1, verbose=0)
     finally:
         training.set_mixed_precision("no")
@@ -147,11 +109,20 @@ def dataset_with_nan_at(step, batches, batch_size=8):
     return tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
 
 
+@pytest.mark.once
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     model = DiffusionModel.from_preset("tiny", seed=0)
-    model.compile(run_eagerly=True)  # eager: these tests check numbers, not compilation (TF traces for ~20 s)
+    compile_for_numbers(model)
     with pytest.raises(NonFiniteLossError, match=r"The loss became nan by step 3.*last good checkpoint is .*ckpt-00000002\.keras \(step 2\)"):
-        training.fit(model, dataset_with_nan_at(3, 6), 6, str(tmp_path), checkpoint_every=2, log_every=1, verbose=0)
+        config = RunConfig(
+            steps=6,
+            out_dir=str(tmp_path),
+            checkpoint_every=2,
+            log_every=1,
+            sample_every=0,
+            verbose=0,
+        )
+        training.fit(model, dataset_with_nan_at(3, 6), config)
     assert os.listdir(tmp_path / "checkpoints") == ["ckpt-00000002.keras"]
     with open(tmp_path / "metrics.csv") as f:
         assert [int(row["step"]) for row in csv.DictReader(f)] == [1, 2]  # step 3 raised: no NaN row
@@ -167,6 +138,7 @@ class SignalAt(keras.callbacks.Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
+@pytest.mark.once
 def test_an_ignored_sigint_stays_ignored_and_sigterm_is_handled():
     before = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -178,12 +150,21 @@ def test_an_ignored_sigint_stays_ignored_and_sigterm_is_handled():
         signal.signal(signal.SIGINT, before)
 
 
+@pytest.mark.once
 def test_ctrl_c_stops_after_the_step_and_saves_a_checkpoint(tmp_path, tiny_images, capsys):
     model = DiffusionModel.from_preset("tiny", seed=0)
-    model.compile(run_eagerly=True)  # eager: these tests check numbers, not compilation (TF traces for ~20 s)
+    compile_for_numbers(model)
     before = signal.signal(signal.SIGINT, signal.default_int_handler)  # SIG_IGN in a background job
     try:
-        result = training.fit(model, tiny_images, 20, str(tmp_path), checkpoint_every=10, log_every=2, batch_size=8, callbacks=[SignalAt(3)])
+        config = RunConfig(
+            steps=20,
+            out_dir=str(tmp_path),
+            checkpoint_every=10,
+            log_every=2,
+            sample_every=0,
+            batch_size=8,
+        )
+        result = training.fit(model, tiny_images, config, callbacks=[SignalAt(3)])
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # our handler is removed again
     finally:
         signal.signal(signal.SIGINT, before)
@@ -194,3 +175,54 @@ def test_ctrl_c_stops_after_the_step_and_saves_a_checkpoint(tmp_path, tiny_image
     with open(tmp_path / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [2, 3] and all(float(r["lr"]) == pytest.approx(1e-3) for r in rows)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch",
+    reason="`run` is backend-neutral and test_cli trains through it on every backend; here one "
+    "backend trains twice (the quickest)",
+)
+def test_run_trains_saves_and_resumes_what_its_config_describes(tmp_path):
+    out = str(tmp_path / "run")
+    config = RunConfig(
+        preset="tiny",
+        steps=1,
+        batch_size=4,
+        out_dir=out,
+        checkpoint_every=1,
+        log_every=1,
+        sample_every=0,
+        verbose=0,
+        cache="none",
+        seed=2,
+    )
+    messages = []
+
+    def echo(message, err=False):
+        messages.append((message, err))
+
+    result = training.run(config, echo=echo)
+    assert not result.interrupted and result.step == result.total_steps == 1
+    assert result.model_path == os.path.join(out, "model.keras")
+    assert os.path.isfile(result.model_path)
+    assert np.isfinite(result.final_loss)
+    parameters = result.model.network.count_params()
+    started = f"training tiny ({parameters:,} parameters) on mnist_5k from step 0 to 1"
+    assert messages == [(started, False)]
+    with open(os.path.join(out, "config.json")) as f:
+        saved = json.load(f)
+    assert saved["options"] == config.options() and saved["config"]["train"]["train_steps"] == 1
+    assert saved["backend"] == keras.backend.backend() and saved["seed"] == 2
+
+    # Resumed with only a new total: the other options come from config.json, the weights and
+    # the step from the newest checkpoint.
+    messages.clear()
+    resumed = training.run(RunConfig(out_dir=out, resume=True, steps=2), echo=echo)
+    checkpoint = os.path.join(out, "checkpoints", "ckpt-00000001.keras")
+    assert messages[0] == (f"resuming from {checkpoint} (step 1)", False)
+    assert resumed.step == 2 and int(resumed.model.optimizer.iterations) == 2
+    assert resumed.model.config.train.batch_size == 4
+    with open(os.path.join(out, "config.json")) as f:
+        assert json.load(f)["options"] == dataclasses.replace(config, steps=2).options()
+    with pytest.raises(ValueError, match="already holds checkpoints: pass --resume"):
+        training.run(config, echo=echo)

@@ -1,6 +1,5 @@
 import contextlib
 import math
-import os
 
 import keras
 import numpy as np
@@ -23,11 +22,13 @@ from keras_ddpm.layers import Upsample
 PAPER_PARAMETERS = {"ddpm_cifar10": 35_746_307, "ddim_celeba64": 78_700_803, "ddpm_256": 113_673_219}
 
 
+@pytest.mark.once
 @pytest.mark.parametrize("name", sorted(PAPER_PARAMETERS))
 def test_paper_presets_have_the_papers_parameter_counts(name):
     assert build_unet(get_preset(name).unet).count_params() == PAPER_PARAMETERS[name]
 
 
+@pytest.mark.once
 def test_cifar10_layout_follows_ddpm():
     network = build_unet(get_preset("ddpm_cifar10").unet)
     blocks = [layer for layer in network.layers if isinstance(layer, ResidualBlock)]
@@ -64,6 +65,7 @@ def test_sinusoidal_embedding_matches_ddpm():
     np.testing.assert_allclose(embedding, np.concatenate([np.sin(angles), np.cos(angles)], 1), atol=1e-4)
 
 
+@pytest.mark.once
 def test_config_validation():
     with pytest.raises(ValueError, match="num_groups"):
         UNetConfig(base_channels=48, num_groups=32)
@@ -77,6 +79,7 @@ def test_config_validation():
         get_preset("tiny").replace(channels=3)
 
 
+@pytest.mark.once
 def test_presets_carry_the_papers_training_settings():
     cifar = get_preset("ddpm_cifar10")
     assert (cifar.train.learning_rate, cifar.train.warmup_steps, cifar.train.batch_size) == (2e-4, 5000, 128)
@@ -205,19 +208,3 @@ def test_our_group_norm_equals_keras_group_norm():
         weight.assign(value)
         ref_weight.assign(value)
     np.testing.assert_allclose(ops.convert_to_numpy(ours(x)), ops.convert_to_numpy(reference(x)), atol=1e-5)
-
-
-def test_jax_runs_xla_cpu_without_ynnpack(monkeypatch):
-    # YNNPACK fusions slow this CPU down (docs/performance.md); a user's own choice in XLA_FLAGS wins.
-    from keras_ddpm import backend
-
-    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
-    backend.configure_xla_cpu()
-    expected = "--xla_cpu_enable_fast_math=false"
-    if keras.backend.backend() == "jax":
-        expected += " --xla_cpu_experimental_ynn_fusion_type="
-    assert os.environ["XLA_FLAGS"] == expected
-    own = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
-    monkeypatch.setenv("XLA_FLAGS", own)
-    backend.configure_xla_cpu()
-    assert os.environ["XLA_FLAGS"] == own

@@ -1,31 +1,46 @@
-"""PyTorch's NHWC layers (`backend.torch_conv2d_nhwc` and the group norm beside it) against Keras'
-own, where torch leaves oneDNN for its fallback convolution (`slow_conv2d`: a batch of 1, float16 or
-bfloat16 on a CPU without native support, oneDNN switched off), and the tiny preset trained at every
-batch size and precision.
+"""The PyTorch backend (`keras_ddpm.backend.torch`).
+
+Its NHWC layer kernels (`conv2d_nhwc` and the group norm beside it) against Keras' own, where
+torch leaves oneDNN for its fallback convolution (`slow_conv2d`: a batch of 1, float16 or bfloat16
+on a CPU without native support, oneDNN switched off); the tiny preset trained at every batch size
+and precision; the fused Adam step against Keras' Adam and AdamW.
 
 The fallback needs a kernel with exactly torch's channels_last strides: along an axis of size 1
 (one output channel) other strides crashed its backward pass ("grad_weight must be contiguous").
 """
 
 import contextlib
+import dataclasses
 import json
+import os
 
 import keras
 import numpy as np
 import pytest
-from keras import ops
-
+from conftest import REPO
 from conftest import randomize_weights
 from conftest import run_python
+from keras import ops
+
 from keras_ddpm import DiffusionModel
 from keras_ddpm import backend
 from keras_ddpm import layers
 from keras_ddpm import training
+from keras_ddpm.config import get_preset
+from keras_ddpm.optimizers import make_optimizer
 
 ON_TORCH = keras.backend.backend() == "torch"
-torch_only = pytest.mark.skipif(not ON_TORCH, reason="PyTorch's own NHWC path; the other backends run Keras' layers")
+torch_only = pytest.mark.skipif(
+    not ON_TORCH, reason="PyTorch's own kernels; the other backends run Keras' layers"
+)
+if ON_TORCH:
+    from keras_ddpm.backend import torch as torch_backend
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
-TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 3e-3}  # relative to the largest value compared
+TOLERANCE = {
+    "float32": 1e-4,
+    "bfloat16": 3e-2,
+    "float16": 3e-3,
+}  # relative to the largest value compared
 BATCH_SIZES = (1, 2, 3, 7, 8)
 
 
@@ -44,13 +59,18 @@ def onednn(enabled):
 
 def nhwc_input(shape, seed, contiguous=True):
     """A float32 NHWC torch tensor; not `contiguous`: the same values in a (N, W, H, C) buffer, as a
-    transposing data pipeline hands them over (permuted to NCHW, neither contiguous nor channels_last)."""
+    transposing data pipeline hands them over (permuted to NCHW, neither contiguous nor
+    channels_last)."""
     import torch
 
     values = np.random.default_rng(seed).standard_normal(shape).astype("float32")
     if contiguous:
         return torch.from_numpy(values).requires_grad_()
-    return torch.from_numpy(np.ascontiguousarray(values.transpose(0, 2, 1, 3))).transpose(1, 2).requires_grad_()
+    return (
+        torch.from_numpy(np.ascontiguousarray(values.transpose(0, 2, 1, 3)))
+        .transpose(1, 2)
+        .requires_grad_()
+    )
 
 
 def gradients(layer, x, call=None, seed=0):
@@ -59,7 +79,9 @@ def gradients(layer, x, call=None, seed=0):
     import torch
 
     y = (call or layer)(x).float()
-    g = torch.from_numpy(np.random.default_rng(seed).standard_normal(tuple(y.shape)).astype("float32"))
+    g = torch.from_numpy(
+        np.random.default_rng(seed).standard_normal(tuple(y.shape)).astype("float32")
+    )
     grads = torch.autograd.grad((y * g).sum(), [x, *(w.value for w in layer.trainable_weights)])
     return [t.detach().float().numpy() for t in (y, *grads)]
 
@@ -70,7 +92,9 @@ def with_keras_twin(layer, twin, input_shape, seed, twin_input_shape=None):
     layer.build(input_shape)
     twin.build(twin_input_shape or input_shape)
     for ours, theirs in zip(layer.weights, twin.weights):
-        value = 0.3 * rng.standard_normal(ours.shape).astype("float32") + (1.0 if "gamma" in ours.path else 0.0)
+        value = 0.3 * rng.standard_normal(ours.shape).astype("float32") + (
+            1.0 if "gamma" in ours.path else 0.0
+        )
         ours.assign(value)
         theirs.assign(value)
     return layer, twin
@@ -93,17 +117,32 @@ def test_kernels_are_stored_with_torch_channels_last_strides(shape):
     conv.build((None, 8, 8, shape[2]))
     view = torch.permute(conv.kernel.value, (3, 2, 0, 1))
     assert view.stride() == torch.empty(view.shape, memory_format=torch.channels_last).stride()
-    assert backend._torch_kernel(conv.kernel.value, torch.float32).data_ptr() == conv.kernel.value.data_ptr()
+    assert (
+        torch_backend._kernel(conv.kernel.value, torch.float32).data_ptr()
+        == conv.kernel.value.data_ptr()
+    )
 
 
 CONVOLUTIONS = {  # name: (input shape, filters, kernel size, strides, groups)
-    "one_output_channel_batch_1": ((1, 8, 8, 16), 1, 3, 1, 1),  # conv_out of a grayscale model: the crash
+    "one_output_channel_batch_1": (
+        (1, 8, 8, 16),
+        1,
+        3,
+        1,
+        1,
+    ),  # conv_out of a grayscale model: the crash
     "one_input_channel_batch_1": ((1, 5, 5, 1), 8, 3, 1, 1),
     "odd_size_stride_2": ((2, 7, 9, 4), 6, 3, 2, 1),  # "same": one zero row and column on each side
     "even_size_stride_2": ((3, 8, 6, 5), 5, 3, 2, 1),  # "same": the odd zero row and column after
     "one_by_one_map": ((1, 1, 1, 8), 8, 3, 1, 1),
     "one_by_one_kernel": ((2, 6, 6, 3), 5, 1, 1, 1),
-    "grouped_3_channels_a_group_batch_1": ((1, 6, 6, 12), 4, 3, 1, 4),  # Keras' own path (groups > 1)
+    "grouped_3_channels_a_group_batch_1": (
+        (1, 6, 6, 12),
+        4,
+        3,
+        1,
+        4,
+    ),  # Keras' own path (groups > 1)
     "non_contiguous_input": ((2, 6, 5, 4), 3, 3, 1, 1),
     "non_contiguous_input_batch_1": ((1, 7, 7, 4), 1, 3, 2, 1),
 }
@@ -120,10 +159,19 @@ def test_conv_matches_keras_forward_and_backward(case, dtype):
     import torch
 
     shape, filters, kernel_size, strides, groups = CONVOLUTIONS[case]
-    config = dict(filters=filters, kernel_size=kernel_size, strides=strides, groups=groups, padding="same", dtype=POLICIES[dtype])
+    config = dict(
+        filters=filters,
+        kernel_size=kernel_size,
+        strides=strides,
+        groups=groups,
+        padding="same",
+        dtype=POLICIES[dtype],
+    )
     nchw = (shape[0], shape[3], shape[1], shape[2])
     keras_conv = keras.layers.Conv2D(**config, data_format="channels_first")
-    conv, keras_conv = with_keras_twin(layers.Conv2D(**config), keras_conv, shape, seed=1, twin_input_shape=nchw)
+    conv, keras_conv = with_keras_twin(
+        layers.Conv2D(**config), keras_conv, shape, seed=1, twin_input_shape=nchw
+    )
 
     def keras_nhwc(x):
         return torch.permute(keras_conv(torch.permute(x, (0, 3, 1, 2)).contiguous()), (0, 2, 3, 1))
@@ -132,18 +180,29 @@ def test_conv_matches_keras_forward_and_backward(case, dtype):
         with onednn(enabled):
             x = nhwc_input(shape, seed=2, contiguous="non_contiguous" not in case)
             ours, theirs = gradients(conv, x), gradients(keras_conv, x, call=keras_nhwc)
-        assert ours[0].shape == (shape[0], -(-shape[1] // strides), -(-shape[2] // strides), filters)
+        assert ours[0].shape == (
+            shape[0],
+            -(-shape[1] // strides),
+            -(-shape[2] // strides),
+            filters,
+        )
         assert_close(ours, theirs, dtype)
 
 
 @torch_only
 @pytest.mark.parametrize("dtype", list(POLICIES))
-@pytest.mark.parametrize("shape, groups", [((1, 1, 1, 6), 2), ((3, 5, 3, 12), 4), ((1, 4, 4, 10), 5), ((2, 3, 3, 12), 12)])
+@pytest.mark.parametrize(
+    "shape, groups",
+    [((1, 1, 1, 6), 2), ((3, 5, 3, 12), 4), ((1, 4, 4, 10), 5), ((2, 3, 3, 12), 12)],
+)
 @pytest.mark.parametrize("contiguous", [True, False])
 def test_group_norm_matches_keras_at_odd_group_sizes(shape, groups, dtype, contiguous):
-    # 3, 5, 2 and 1 channels a group (not a multiple of 8), 1x1 maps, a batch of 1, transposed input.
+    # 3, 5, 2 and 1 channels a group (not a multiple of 8), 1x1 maps, a batch of 1, transposed
+    # input.
     config = dict(groups=groups, epsilon=1e-6, dtype=POLICIES[dtype])
-    norm, keras_norm = with_keras_twin(layers.GroupNormalization(**config), keras.layers.GroupNormalization(**config), shape, 3)
+    norm, keras_norm = with_keras_twin(
+        layers.GroupNormalization(**config), keras.layers.GroupNormalization(**config), shape, 3
+    )
     x = nhwc_input(shape, seed=4, contiguous=contiguous)
     assert_close(gradients(norm, x), gradients(keras_norm, x), dtype)
 
@@ -157,12 +216,15 @@ def test_upsample_and_downsample_take_transposed_input():
         block.build(shape)
         with torch.no_grad():
             block.conv.kernel.value.normal_()
-        contiguous, transposed = (gradients(block, nhwc_input(shape, 5, c), call=block.call) for c in (True, False))
+        contiguous, transposed = (
+            gradients(block, nhwc_input(shape, 5, c), call=block.call) for c in (True, False)
+        )
         assert_close(transposed, contiguous, "float32")
 
 
 def test_attention_block_over_a_one_by_one_map():
-    # One position: softmax over one key is 1, so the block is x + proj_out(v(GN(x))), whatever q and k.
+    # One position: softmax over one key is 1, so the block is x + proj_out(v(GN(x))), whatever q
+    # and k.
     block = layers.AttentionBlock(num_groups=2)
     x = np.random.default_rng(6).standard_normal((3, 1, 1, 6)).astype("float32")
     block.build(x.shape)
@@ -197,26 +259,51 @@ def train_at_every_batch_size(mode, monkeypatch, sample=True):
     training.set_mixed_precision(mode)
     try:
         model = randomize_weights(DiffusionModel.from_preset("tiny", seed=0), seed=1)
-        model.compile(run_eagerly=True)  # eager: NumPy draws inside the step (TF would trace them once)
-        images = np.random.default_rng(2).uniform(-1, 1, (max(BATCH_SIZES), 16, 16, 1)).astype("float32")
+        model.compile(
+            run_eagerly=True
+        )  # eager: NumPy draws inside the step (TF would trace them once)
+        images = (
+            np.random.default_rng(2).uniform(-1, 1, (max(BATCH_SIZES), 16, 16, 1)).astype("float32")
+        )
         losses = []
-        logged = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: losses.append(float(logs["loss"])))
+        logged = keras.callbacks.LambdaCallback(
+            on_train_batch_end=lambda batch, logs: losses.append(float(logs["loss"]))
+        )
         for batch_size in BATCH_SIZES:
-            model.fit(images[:batch_size], batch_size=batch_size, epochs=1, shuffle=False, verbose=0, callbacks=[logged])
-        samples = [model.generate(batch_size, steps=2, seed=3) for batch_size in BATCH_SIZES] if sample else []
+            model.fit(
+                images[:batch_size],
+                batch_size=batch_size,
+                epochs=1,
+                shuffle=False,
+                verbose=0,
+                callbacks=[logged],
+            )
+        samples = (
+            [model.generate(batch_size, steps=2, seed=3) for batch_size in BATCH_SIZES]
+            if sample
+            else []
+        )
     finally:
         training.set_mixed_precision("no")
     assert int(model.optimizer.iterations) == len(BATCH_SIZES)
     return losses, samples
 
 
+# This module and the conftest it imports, loaded from their files (tests/ is not a package).
 TENSORFLOW_LOSSES = """
-import json, sys
-sys.path.insert(0, "tests")
+import importlib.util, json, sys
 import pytest
-import test_torch_conv
+
+def load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+load("conftest", {conftest!r})
+this = load("test_torch", {this!r})
 with pytest.MonkeyPatch.context() as monkeypatch:
-    print(json.dumps(test_torch_conv.train_at_every_batch_size("no", monkeypatch, sample=False)[0]))
+    print(json.dumps(this.train_at_every_batch_size("no", monkeypatch, sample=False)[0]))
 """
 
 
@@ -225,7 +312,10 @@ with pytest.MonkeyPatch.context() as monkeypatch:
 def test_float32_training_at_every_batch_size_matches_tensorflow(monkeypatch):
     # Batch 1 crashed in the backward pass; every batch size must give TensorFlow's losses.
     losses, samples = train_at_every_batch_size("no", monkeypatch)
-    tensorflow = json.loads(run_python(TENSORFLOW_LOSSES, "tensorflow").strip().splitlines()[-1])
+    code = TENSORFLOW_LOSSES.format(
+        conftest=os.path.join(REPO, "tests", "conftest.py"), this=__file__
+    )
+    tensorflow = json.loads(run_python(code, "tensorflow").strip().splitlines()[-1])
     np.testing.assert_allclose(losses, tensorflow, rtol=1e-4)
     assert len(set(losses)) == len(losses) and 0.3 < min(losses)  # a real, varying loss
     for batch_size, images in zip(BATCH_SIZES, samples):
@@ -246,15 +336,18 @@ def test_mixed_precision_trains_and_samples_at_every_batch_size(mode, use_onednn
 
 @torch_only
 def test_a_dtype_torch_cannot_compute_stops_before_training(monkeypatch):
-    # PyTorch 2.13 computes the network in bf16 and fp16 on a CPU; where a kernel is missing, setting
-    # the policy fails with one sentence, before any model is built.
-    assert backend.compute_dtype_problem("float16") is None and backend.compute_dtype_problem("bfloat16") is None
+    # PyTorch 2.13 computes the network in bf16 and fp16 on a CPU; where a kernel is missing,
+    # setting the policy fails with one sentence, before any model is built.
+    assert (
+        backend.compute_dtype_problem("float16") is None
+        and backend.compute_dtype_problem("bfloat16") is None
+    )
 
     def missing_kernel(dtype, device):
-        raise RuntimeError('"slow_conv2d_cpu" not implemented for \'Half\'\nmore lines')
+        raise RuntimeError("\"slow_conv2d_cpu\" not implemented for 'Half'\nmore lines")
 
-    monkeypatch.setattr(backend, "_torch_network_probe", missing_kernel)
-    backend.compute_dtype_problem.cache_clear()
+    monkeypatch.setattr(torch_backend, "_network_probe", missing_kernel)
+    torch_backend.compute_dtype_problem.cache_clear()
     sentence = r"^--mixed-precision fp16: PyTorch \S+ cannot train in float16 on this cpu "
     sentence += r"\(\"slow_conv2d_cpu\" not implemented for 'Half'\)\.$"
     try:
@@ -263,4 +356,55 @@ def test_a_dtype_torch_cannot_compute_stops_before_training(monkeypatch):
         assert keras.config.dtype_policy().name == "float32"
         training.set_mixed_precision("no")  # float32 needs no probe
     finally:
-        backend.compute_dtype_problem.cache_clear()
+        torch_backend.compute_dtype_problem.cache_clear()
+
+
+@torch_only
+@pytest.mark.parametrize("kind", ["adam", "adamw"])
+def test_fused_update_is_keras_adam(kind):
+    # The PyTorch train step clips with multi-tensor kernels and updates with torch's fused Adam
+    # (`_apply_gradients`); over warm-up steps, with clipping active, it must give Keras' result.
+    import torch
+
+    config = get_preset("tiny").train
+    config = dataclasses.replace(
+        config,
+        optimizer=kind,
+        weight_decay=0.1 if kind == "adamw" else 0.0,
+        warmup_steps=3,
+        grad_clip=0.5,
+    )
+    rng = np.random.default_rng(0)
+    shapes = [(3, 3, 4, 8), (8,), (16, 8)]
+    start = [rng.standard_normal(shape).astype("float32") for shape in shapes]
+    runs = []
+    for fused in (True, False):
+        variables = [keras.Variable(value) for value in start]
+        if (
+            fused
+        ):  # a convolution kernel in torch's memory order, as layers.Conv2D keeps it on PyTorch
+            layout = backend.conv_kernel_initializer(keras.initializers.Constant(start[0]))
+            variables[0] = keras.Variable(layout, shape=shapes[0])
+            assert not variables[0].value.is_contiguous()
+        optimizer = make_optimizer(config)
+        optimizer.epsilon = 0.3  # large enough that a wrong epsilon shows
+        optimizer.build(variables)
+        for step in range(4):
+            gradients = [
+                torch.from_numpy(np.random.default_rng(step).standard_normal(s).astype("float32"))
+                for s in shapes
+            ]
+            with torch.no_grad():
+                if fused:
+                    plan = torch_backend._AdamPlan(optimizer, variables)
+                    assert plan.fused
+                    torch_backend._apply_gradients(optimizer, gradients, variables, plan)
+                else:
+                    optimizer.apply(gradients, variables)
+        assert int(optimizer.iterations) == 4
+        if fused:  # Adam's moments were given the kernel's memory order
+            assert optimizer.variables[2].value.stride() == variables[0].value.stride()
+        runs.append([ops.convert_to_numpy(v) for v in variables + optimizer.variables])
+    for ours, keras_value in zip(*runs):
+        np.testing.assert_allclose(ours, keras_value, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(runs[0][0], start[0])

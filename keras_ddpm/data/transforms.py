@@ -12,9 +12,12 @@ Crops (`crop=`):
     none     no crop: the whole image is resized to a square.
 """
 
+import numpy as np
 import tensorflow as tf
 
-CROPS = ("center", "celeba", "none")
+from keras_ddpm.data import image_files
+from keras_ddpm.sampling_options import CROPS
+
 CELEBA_IMAGE_SHAPE = (218, 178)  # (height, width) of aligned CelebA
 CELEBA_CROP_CENTER = (89, 121)  # (x, y)
 CELEBA_CROP_SIZE = 128
@@ -34,7 +37,8 @@ def crop_window(height, width, crop):
         side = tf.minimum(height, width)
         return (height - side) // 2, (width - side) // 2, side, side
     if crop == "celeba":
-        (ref_height, ref_width), (x, y), half = CELEBA_IMAGE_SHAPE, CELEBA_CROP_CENTER, CELEBA_CROP_SIZE // 2
+        (ref_height, ref_width), (x, y) = CELEBA_IMAGE_SHAPE, CELEBA_CROP_CENTER
+        half = CELEBA_CROP_SIZE // 2
 
         def scaled(value, size, ref):
             return tf.cast(tf.round(value * tf.cast(size, tf.float32) / ref), tf.int32)
@@ -97,25 +101,17 @@ def decode_and_crop(contents, crop, channels):
 def decode_with_pillow(contents, path, report):
     """The slow path for files `looks_decodable` doubts: (uint8 (H, W, 3) image, ok).
 
-    Pillow decodes what TensorFlow would refuse but is still an image (e.g. a JPEG with bytes
-    after its end marker, CMYK); an unreadable file gives ok=False and `report(path, reason)`.
+    Pillow (`image_files.read_image`) decodes what TensorFlow would refuse but is still an image
+    (e.g. a JPEG with bytes after its end marker, CMYK, TIFF); an unreadable file gives ok=False
+    and `report(path, reason)`.
     """
 
     def decode(contents, path):
-        import io
-
-        import numpy as np
-        from PIL import Image
-        from PIL import UnidentifiedImageError
-
+        path = path.numpy().decode("utf-8", "replace")
         try:
-            with Image.open(io.BytesIO(contents.numpy())) as image:
-                image.load()
-                return np.asarray(image.convert("RGB")), True
-        except UnidentifiedImageError:
-            report(path.numpy().decode("utf-8", "replace"), "not an image in a format Pillow reads")
-        except Exception as error:  # Pillow raises many kinds for bad data
-            report(path.numpy().decode("utf-8", "replace"), f"{type(error).__name__}: {error}")
+            return image_files.read_image(contents.numpy(), channels=3, name=path), True
+        except image_files.UnreadableImageError as error:
+            report(path, error.reason)
         return np.zeros((1, 1, 3), np.uint8), False
 
     image, ok = tf.py_function(decode, [contents, path], [tf.uint8, tf.bool])
@@ -136,13 +132,16 @@ def resize_image(image, image_size):
         return tf.pad(image, [[2, 2], [2, 2], [0, 0]])
 
     def resize():
-        resized = tf.image.resize(image, (image_size, image_size), method="bilinear", antialias=True)
+        size = (image_size, image_size)
+        resized = tf.image.resize(image, size, method="bilinear", antialias=True)
         return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
     if image_size != 32:
         return resize()
     # tf.cond forgets the branches' common static shape; models need it (batch, size, size, C).
-    return tf.ensure_shape(tf.cond((shape[0] == 28) & (shape[1] == 28), pad, resize), [image_size, image_size, None])
+    return tf.ensure_shape(
+        tf.cond((shape[0] == 28) & (shape[1] == 28), pad, resize), [image_size, image_size, None]
+    )
 
 
 def convert_channels(image, image_channels):

@@ -1,10 +1,10 @@
 """A local folder of images as a dataset source.
 
-The folder is searched recursively for .jpg, .jpeg, .png, .webp, .bmp and .gif files
-(hidden files and folders are skipped). When no image lies directly in the folder and
-its images sit in first-level subfolders, each subfolder is a class (sorted by name,
-labels 0..K-1), like `keras.utils.image_dataset_from_directory`; otherwise there are no
-labels. Files that cannot be read are skipped and reported once with their path.
+The folder is searched recursively for the files of `image_files.IMAGE_EXTENSIONS` (hidden
+files and folders are skipped). When no image lies directly in the folder and its images sit
+in first-level subfolders, each subfolder is a class (sorted by name, labels 0..K-1), like
+`keras.utils.image_dataset_from_directory`; otherwise there are no labels. Files that cannot be
+read are skipped and reported once with their path.
 """
 
 import dataclasses
@@ -12,7 +12,7 @@ import os
 import threading
 import warnings
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+from keras_ddpm.data import image_files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,21 +42,11 @@ def list_image_folder(root):
     """Scans `root`; raises FileNotFoundError when it is missing or holds no image."""
     root = os.path.abspath(os.path.expanduser(root))
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"No folder at {root}; pass an existing folder of images, a tfds dataset name or mnist_5k.")
-    paths = []
-    for directory, subdirectories, files in os.walk(root, followlinks=True):
-        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
-        paths.extend(
-            os.path.join(directory, f)
-            for f in files
-            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
-        )
-    if not paths:
         raise FileNotFoundError(
-            f"No images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) found under {root}; "
-            "put the training images there (optionally one subfolder per class)."
+            f"No folder at {root}; pass an existing folder of images, a tfds dataset name or "
+            "mnist_5k."
         )
-    paths.sort()
+    paths = image_files.list_images(root)
     relative = [os.path.relpath(p, root).split(os.sep) for p in paths]
     if all(len(parts) > 1 for parts in relative):
         class_names = tuple(sorted({parts[0] for parts in relative}))

@@ -14,20 +14,25 @@ from PIL import Image
 
 
 def prepare_arrays(images, image_size, image_channels):
-    """uint8 (N, h, w, c) -> uint8 (N, size, size, image_channels), as `data_transforms` does."""
+    """uint8 (N, h, w, c) -> uint8 (N, size, size, image_channels), as `transforms` does."""
     n, height, width, channels = images.shape
     if (height, width) == (28, 28) and image_size == 32:
         images = np.pad(images, [(0, 0), (2, 2), (2, 2), (0, 0)])
     elif (height, width) != (image_size, image_size):
         mode = "L" if channels == 1 else "RGB"
-        resized = [np.asarray(Image.fromarray(image.squeeze(-1) if channels == 1 else image, mode).resize((image_size, image_size), Image.BILINEAR)) for image in images]
+        size = (image_size, image_size)
+        pictures = (
+            Image.fromarray(image[..., 0] if channels == 1 else image, mode) for image in images
+        )
+        resized = [np.asarray(picture.resize(size, Image.BILINEAR)) for picture in pictures]
         images = np.stack(resized).reshape(n, image_size, image_size, channels)
     if channels == image_channels:
         return images
     if channels == 1 and image_channels == 3:
         return np.repeat(images, 3, axis=-1)
     if channels == 3 and image_channels == 1:
-        luma = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, like PIL's "L"
+        weights = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, like PIL's "L"
+        luma = images.astype(np.float32) @ weights
         return np.round(luma)[..., None].astype(np.uint8)
     raise ValueError(f"Cannot convert {channels}-channel images to {image_channels} channels.")
 
@@ -38,12 +43,27 @@ class ArrayBatches(keras.utils.PyDataset):
     With `repeat` the dataset is infinite (`num_batches` is None), reshuffled on every pass.
     """
 
-    def __init__(self, images, labels, image_size, image_channels, batch_size, with_labels=False, shuffle=True, repeat=True, horizontal_flip=False, seed=None, drop_remainder=True):
+    def __init__(
+        self,
+        images,
+        labels,
+        image_size,
+        image_channels,
+        batch_size,
+        with_labels=False,
+        shuffle=True,
+        repeat=True,
+        horizontal_flip=False,
+        seed=None,
+        drop_remainder=True,
+    ):
         super().__init__()
         self.images = prepare_arrays(images, image_size, image_channels)
         self.labels = np.asarray(labels, np.int32)
         if drop_remainder and len(self.images) < batch_size:
-            raise ValueError(f"The dataset has {len(self.images)} images, fewer than one batch of {batch_size}.")
+            raise ValueError(
+                f"The dataset has {len(self.images)} images, fewer than one batch of {batch_size}."
+            )
         self.batch_size = batch_size
         self.with_labels = with_labels
         self.shuffle = shuffle
@@ -60,7 +80,9 @@ class ArrayBatches(keras.utils.PyDataset):
 
     def _order(self, epoch):
         if epoch not in self._orders:
-            self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.images)) if self.shuffle else np.arange(len(self.images))}
+            count = len(self.images)
+            rng = np.random.default_rng([self.seed, epoch])
+            self._orders = {epoch: rng.permutation(count) if self.shuffle else np.arange(count)}
         return self._orders[epoch]
 
     def __getitem__(self, index):

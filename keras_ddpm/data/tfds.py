@@ -57,9 +57,13 @@ def tfds_dataset(name, data_dir=None):
     features = builder.info.features
     images = [key for key, feature in features.items() if isinstance(feature, tfds.features.Image)]
     if not images:
-        raise ValueError(f"The tfds dataset {name!r} has no image feature; choose an image dataset.")
+        raise ValueError(
+            f"The tfds dataset {name!r} has no image feature; choose an image dataset."
+        )
     image_key = "image" if "image" in images else images[0]
-    labels = [key for key, feature in features.items() if isinstance(feature, tfds.features.ClassLabel)]
+    labels = [
+        key for key, feature in features.items() if isinstance(feature, tfds.features.ClassLabel)
+    ]
     label_key = "label" if "label" in labels else (labels[0] if labels else "")
     shape = features[image_key].shape
     channels = shape[-1] if shape and shape[-1] in (1, 3) else 3
@@ -68,7 +72,8 @@ def tfds_dataset(name, data_dir=None):
 
 
 def _download_error(name, builder, error):
-    reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    message = str(error).strip()
+    reason = f"{type(error).__name__}: {message.splitlines()[0] if message else ''}"
     data_dir = str(builder.data_dir_root)
     manual_dir = os.path.join(data_dir, "downloads", "manual")
     if builder.name == "celeb_a":
@@ -136,7 +141,9 @@ def prepare(dataset, name):
         with _retries(0) if offline else contextlib.nullcontext():
             dataset.builder.download_and_prepare()
     except Exception as error:  # network, quota, checksum, missing manual files: many kinds
-        raise _download_error(name, dataset.builder, ConnectionError(offline) if offline else error) from error
+        raise _download_error(
+            name, dataset.builder, ConnectionError(offline) if offline else error
+        ) from error
 
 
 def read_encoded(dataset, split, shuffle, seed):

@@ -12,13 +12,13 @@ Datasets (`name`):
                  split "train"; slices such as "cifar10:train[:10%]" work), read from
                  `data_dir` (tfds' default ~/tensorflow_datasets), downloaded when missing.
     FOLDER       a local folder of images, searched recursively; one subfolder per class
-                 gives labels (see `data_folder`).
+                 gives labels (see `keras_ddpm.data.folder`).
 
 One pipeline for all: [shuffle] -> parallel decode, crop, resize to uint8 -> [cache] ->
 [shuffle] -> [repeat] -> batch -> to [-1, 1] and random flips per batch -> prefetch (to the
 GPU under TensorFlow). Per-dataset preprocessing follows the papers: CelebA is DDIM's
 128x128 crop centred at (x=89, y=121), everything else the centred square, resized with
-antialiasing (see `data_transforms`).
+antialiasing (see `keras_ddpm.data.transforms`).
 """
 
 import functools
@@ -28,12 +28,23 @@ import re
 
 import numpy as np
 
+from keras_ddpm.data import folder
+from keras_ddpm.data import tfds
+
 EMBEDDED_DATASETS = ("mnist_5k",)
 MNIST_5K_TEST_PER_CLASS = 50
 SHUFFLE_BUFFER = 10_000
 AUTO_CACHE_BYTES = 2 * 1024**3  # cache="auto" keeps datasets up to this size in memory
 # Digits and characters: a mirrored "3" is not a "3", so no flips by default.
-NO_FLIP_DATASETS = ("mnist_5k", "mnist", "emnist", "kmnist", "binarized_mnist", "mnist_corrupted", "svhn_cropped")
+NO_FLIP_DATASETS = (
+    "mnist_5k",
+    "mnist",
+    "emnist",
+    "kmnist",
+    "binarized_mnist",
+    "mnist_corrupted",
+    "svhn_cropped",
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -49,7 +60,9 @@ def _read_mnist_5k():
 def load_mnist_5k(split="train"):
     """The embedded digits: (uint8 images (N, 28, 28, 1), int32 labels (N,))."""
     if split not in ("train", "test", "all"):
-        raise ValueError(f"mnist_5k has splits 'train', 'test' and 'all'. Received: split={split!r}")
+        raise ValueError(
+            f"mnist_5k has splits 'train', 'test' and 'all'. Received: split={split!r}"
+        )
     images, labels = _read_mnist_5k()
     if split == "all":
         return images.copy(), labels.copy()
@@ -71,21 +84,19 @@ def load_arrays(name):
     dataset, split = parse_dataset_name(name)
     if dataset == "mnist_5k":
         return load_mnist_5k(split or "train")
-    raise ValueError(f"Unknown dataset {name!r}; the embedded datasets are: {', '.join(EMBEDDED_DATASETS)}.")
+    raise ValueError(
+        f"Unknown dataset {name!r}; the embedded datasets are: {', '.join(EMBEDDED_DATASETS)}."
+    )
 
 
 def num_classes(name, data_dir=None):
     """How many labels a dataset has (0 when it has none); downloads nothing."""
-    from keras_ddpm import data_folder
-
-    if data_folder.is_folder_name(name):
-        return data_folder.list_image_folder(name).num_classes
+    if folder.is_folder_name(name):
+        return folder.list_image_folder(name).num_classes
     dataset, _ = parse_dataset_name(name)
     if dataset in EMBEDDED_DATASETS:
         return 10
-    from keras_ddpm import data_tfds
-
-    return data_tfds.tfds_dataset(dataset, data_dir).num_classes
+    return tfds.tfds_dataset(dataset, data_dir).num_classes
 
 
 def default_horizontal_flip(name):
@@ -126,7 +137,7 @@ class _Source:
 
 
 def _array_source(name, crop):
-    from keras_ddpm.data_transforms import crop_image
+    from keras_ddpm.data.transforms import crop_image
 
     tf = import_tensorflow()
     images, labels = load_arrays(name)
@@ -139,42 +150,42 @@ def _array_source(name, crop):
 
 
 def _folder_source(path, crop):
-    from keras_ddpm import data_folder
-    from keras_ddpm import data_transforms
+    from keras_ddpm.data import transforms
 
     tf = import_tensorflow()
-    folder = data_folder.list_image_folder(path)
-    report = data_folder.UnreadableImageReport()
+    image_folder = folder.list_image_folder(path)
+    report = folder.UnreadableImageReport()
 
     def decode(path, label):
         contents = tf.io.read_file(path)
 
         def fast():
-            return data_transforms.decode_and_crop(contents, crop, 3), True
+            return transforms.decode_and_crop(contents, crop, 3), True
 
         def slow():
-            image, ok = data_transforms.decode_with_pillow(contents, path, report)
-            return data_transforms.crop_image(image, crop), ok
+            image, ok = transforms.decode_with_pillow(contents, path, report)
+            return transforms.crop_image(image, crop), ok
 
-        image, ok = tf.cond(data_transforms.looks_decodable(contents), fast, slow)
+        image, ok = tf.cond(transforms.looks_decodable(contents), fast, slow)
         return image, label, ok
 
-    elements = tf.data.Dataset.from_tensor_slices((list(folder.paths), np.asarray(folder.labels, np.int32)))
-    return _Source(elements, decode, len(folder.paths), folder.num_classes, shuffle_all=True, report=report)
+    paths, labels = list(image_folder.paths), np.asarray(image_folder.labels, np.int32)
+    elements = tf.data.Dataset.from_tensor_slices((paths, labels))
+    count, classes = len(paths), image_folder.num_classes
+    return _Source(elements, decode, count, classes, shuffle_all=True, report=report)
 
 
 def _tfds_source(name, crop, data_dir, shuffle, seed):
-    from keras_ddpm import data_tfds
-    from keras_ddpm import data_transforms
+    from keras_ddpm.data import transforms
 
     dataset_name, split = parse_dataset_name(name)
     split = split or "train"
-    dataset = data_tfds.tfds_dataset(dataset_name, data_dir)
-    data_tfds.prepare(dataset, dataset_name)
-    elements = data_tfds.read_encoded(dataset, split, shuffle, seed)
+    dataset = tfds.tfds_dataset(dataset_name, data_dir)
+    tfds.prepare(dataset, dataset_name)
+    elements = tfds.read_encoded(dataset, split, shuffle, seed)
 
     def decode(contents, label):
-        return data_transforms.decode_and_crop(contents, crop, dataset.channels), label, True
+        return transforms.decode_and_crop(contents, crop, dataset.channels), label, True
 
     return _Source(elements, decode, dataset.num_examples(split), dataset.num_classes)
 
@@ -215,8 +226,8 @@ def make_dataset(
 ):
     """A batched, prefetched `tf.data.Dataset` of float32 images in [-1, 1] (and int32 labels).
 
-    Without TensorFlow (a JAX or PyTorch machine), the embedded datasets come as a
-    `data_arrays.ArrayBatches` PyDataset with the same preprocessing; the others need TensorFlow.
+    Without TensorFlow (a JAX or PyTorch machine), the embedded datasets come as an
+    `arrays.ArrayBatches` PyDataset with the same preprocessing; the others need TensorFlow.
 
     Args:
         name: "mnist_5k[:split]", a tfds image dataset "name[:split]", or a folder path.
@@ -235,31 +246,47 @@ def make_dataset(
         shuffle_buffer: examples in the shuffle buffer where the whole dataset is not shuffled.
         prefetch_to_device: "auto" (the GPU under TensorFlow), None, or a device name.
     """
-    from keras_ddpm import data_folder
-
-    embedded = not data_folder.is_folder_name(name) and parse_dataset_name(name)[0] in EMBEDDED_DATASETS
+    embedded = not folder.is_folder_name(name) and parse_dataset_name(name)[0] in EMBEDDED_DATASETS
     if embedded and not tensorflow_installed():
-        from keras_ddpm.data_arrays import ArrayBatches
+        from keras_ddpm.data.arrays import ArrayBatches
 
         images, labels = load_arrays(name)
-        return ArrayBatches(images, labels, image_size, image_channels, batch_size, with_labels, shuffle, repeat, horizontal_flip, seed, drop_remainder)
-    from keras_ddpm import data_transforms
+        return ArrayBatches(
+            images,
+            labels,
+            image_size,
+            image_channels,
+            batch_size,
+            with_labels,
+            shuffle,
+            repeat,
+            horizontal_flip,
+            seed,
+            drop_remainder,
+        )
+    from keras_ddpm.data import transforms
 
     tf = import_tensorflow()
     crop = default_crop(name) if crop == "auto" else crop
-    if crop not in data_transforms.CROPS:
-        raise ValueError(f"crop must be 'auto' or one of {data_transforms.CROPS}. Received: crop={crop!r}")
-    if data_folder.is_folder_name(name):
+    if crop not in transforms.CROPS:
+        raise ValueError(
+            f"crop must be 'auto' or one of {transforms.CROPS}. Received: crop={crop!r}"
+        )
+    if folder.is_folder_name(name):
         source = _folder_source(name, crop)
     elif embedded:
         source = _array_source(name, crop)
     else:
         source = _tfds_source(name, crop, data_dir, shuffle, seed)
     if with_labels and not source.num_classes:
-        raise ValueError(f"Dataset {name!r} has no labels; use a labelled dataset or train without labels.")
+        raise ValueError(
+            f"Dataset {name!r} has no labels; use a labelled dataset or train without labels."
+        )
     count = source.num_examples
     if count is not None and not repeat and drop_remainder and count < batch_size:
-        raise ValueError(f"Dataset {name!r} has {count} images, fewer than one batch of {batch_size}.")
+        raise ValueError(
+            f"Dataset {name!r} has {count} images, fewer than one batch of {batch_size}."
+        )
 
     if cache == "auto":
         fits = count is not None and count * image_size**2 * image_channels <= AUTO_CACHE_BYTES
@@ -269,8 +296,8 @@ def make_dataset(
 
     def prepare(payload, label):
         image, label, ok = source.decode(payload, label)
-        image = data_transforms.resize_image(image, image_size)
-        return data_transforms.convert_channels(image, image_channels), label, ok
+        image = transforms.resize_image(image, image_size)
+        return transforms.convert_channels(image, image_channels), label, ok
 
     elements = source.elements
     if shuffle and source.shuffle_all:
@@ -284,20 +311,26 @@ def make_dataset(
         examples = examples.ignore_errors(log_warning=True)
     examples = examples.map(lambda image, label, ok: (image, label))
     if cache:
-        examples = examples.cache("" if cache == "memory" else _cache_path(cache, name, image_size, image_channels, crop))
+        examples = examples.cache(
+            "" if cache == "memory" else _cache_path(cache, name, image_size, image_channels, crop)
+        )
         if shuffle:
             examples = examples.shuffle(buffer, seed=seed)
     if repeat:
         examples = examples.repeat()
-    batches = examples.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
+    batches = examples.batch(
+        batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE
+    )
 
     flip_seed = seed if seed is not None else int(np.random.default_rng().integers(2**31))
 
     def finish(index, batch):
         images, labels = batch
         if horizontal_flip:  # on uint8: a quarter of the bytes of float32
-            images = data_transforms.random_flip_batch(images, tf.stack([tf.constant(flip_seed, tf.int64), index]))
-        images = data_transforms.to_model_range(images)
+            images = transforms.random_flip_batch(
+                images, tf.stack([tf.constant(flip_seed, tf.int64), index])
+            )
+        images = transforms.to_model_range(images)
         return (images, labels) if with_labels else images
 
     batches = batches.enumerate().map(finish, num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,0 +1,85 @@
+"""The JAX backend: its stateless training step (`jax.value_and_grad`), `jax.jit` compilation of
+inference and sampling loops, `keras.distribution.DataParallel`, and XLA's CPU flags."""
+
+import os
+
+import jax
+import keras
+
+from keras_ddpm.backend.common import unpack
+
+# XLA's CPU compiler (jax 0.10) hands convolutions, matrix products and element-wise ops to the
+# YNNPACK library by default, which made this project's CPU forward passes slower (see
+# docs/performance.md).
+YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+
+
+def configure_xla_cpu():
+    """Switches XLA's CPU YNNPACK fusions off, unless XLA_FLAGS already names them."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if YNN_FLAG not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {YNN_FLAG}=".strip()
+
+
+def num_replicas():
+    """How many devices `distribution_scope()` splits each batch across."""
+    return len(keras.distribution.list_devices())
+
+
+def distribution_scope():
+    """`keras.distribution.DataParallel` over all local devices: XLA compiles one program for the
+    global batch and splits it (the training step needs nothing else)."""
+    return keras.distribution.DataParallel(devices=keras.distribution.list_devices()).scope()
+
+
+def train_step(model, state, data):
+    trainable, non_trainable, optimizer_variables, metrics_variables = state
+    images, labels = unpack(data)
+
+    def loss_fn(trainable, non_trainable):
+        mapping = list(zip(model.trainable_variables, trainable))
+        mapping += list(zip(model.non_trainable_variables, non_trainable))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            loss = model.compute_diffusion_loss(images, labels, training=True)
+        # LossScaleOptimizer reads its scale variable: map the optimizer's state too (as Keras'
+        # own step does).
+        optimizer_mapping = list(zip(model.optimizer.variables, optimizer_variables))
+        with keras.StatelessScope(state_mapping=optimizer_mapping):
+            scaled_loss = model.optimizer.scale_loss(loss)
+        # Seed generators (ours and dropout's) advanced inside the scope.
+        updated = [scope.get_current_value(v) for v in model.non_trainable_variables]
+        return scaled_loss, (loss, updated)
+
+    gradient_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (_, (loss, non_trainable)), gradients = gradient_fn(trainable, non_trainable)
+    trainable, optimizer_variables = model.optimizer.stateless_apply(
+        optimizer_variables, gradients, trainable
+    )
+    non_trainable = list(non_trainable)
+    optimizer = model.optimizer
+    iterations = optimizer_variables[_index_of(optimizer.iterations, optimizer.variables)]
+    decay = model.ema_decay_at(iterations)
+    for ema_index, weight_index in model.ema_variable_pairs():
+        non_trainable[ema_index] = model.ema_update_value(
+            non_trainable[ema_index], trainable[weight_index], decay
+        )
+    metrics_variables = model.loss_tracker.stateless_update_state(metrics_variables, loss)
+    logs = {"loss": model.loss_tracker.stateless_result(metrics_variables)}
+    return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
+
+
+def _index_of(variable, variables):
+    return next(i for i, v in enumerate(variables) if v is variable)
+
+
+def compile_inference(fn, variables, jit_compile=False):
+    """`jax.jit` with the variables' values passed in as arguments (not baked in as constants, so
+    new weights need no recompilation). A sampling loop becomes one `lax.while_loop`, its
+    `start`/`stop` traced, so any range of steps reuses the compilation."""
+
+    def pure(values, *args):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return fn(*args)
+
+    compiled = jax.jit(pure)
+    return lambda *args: compiled([v.value for v in variables], *args)

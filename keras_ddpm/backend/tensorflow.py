@@ -1,0 +1,118 @@
+"""The TensorFlow backend: its training step (`tf.GradientTape`, `tf.distribute` replicas), its
+compilation of inference and sampling loops (`tf.function`, XLA), `MirroredStrategy`, and
+tf.data's device."""
+
+import tensorflow as tf
+
+from keras_ddpm.backend import internals
+from keras_ddpm.backend.common import clipping_switched_off
+from keras_ddpm.backend.common import unpack
+
+
+def default_jit_compile():
+    """XLA with a GPU only. On a CPU, XLA made the tiny preset's first `fit` slower to compile
+    and its steps slower (docs/performance.md)."""
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def tensorflow_for_data():
+    """TensorFlow itself: it is the backend, so tf.data may share its GPU."""
+    return tf
+
+
+def prefetch_device():
+    """The GPU ("/GPU:0") where there is one and no `tf.distribute` strategy (a strategy places
+    batches itself); None otherwise."""
+    if not tf.config.list_logical_devices("GPU") or tf.distribute.has_strategy():
+        return None
+    return "/GPU:0"
+
+
+def replica_context():
+    """(replica id, number of replicas) inside a `tf.distribute` step with several replicas."""
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        return context.replica_id_in_sync_group, context.num_replicas_in_sync
+    return 0, 1
+
+
+def _strategy_devices():
+    """All GPUs, or all logical CPUs where there is none."""
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    return [device.name for device in devices]
+
+
+def num_replicas():
+    """How many devices `distribution_scope()` splits each batch across."""
+    return len(_strategy_devices())
+
+
+def distribution_scope():
+    """`tf.distribute.MirroredStrategy` over all GPUs (or all logical CPUs)."""
+    return tf.distribute.MirroredStrategy(_strategy_devices()).scope()
+
+
+def after_compile(model):
+    """Builds the optimizer now where no `tf.distribute` strategy holds the model.
+
+    Otherwise Keras builds it inside the first traced step; creating variables while tracing
+    makes TensorFlow trace the step twice, about twice the time to the first step.
+    """
+    if internals.distribute_strategy(model) is None:
+        model.optimizer.build(model.trainable_variables)
+
+
+def train_step(model, data):
+    images, labels = unpack(data)
+    _, replicas = replica_context()
+    with tf.GradientTape() as tape:
+        loss = model.compute_diffusion_loss(images, labels, training=True)
+        # tf.distribute sums the replicas' gradients: divide so they average (Keras' convention).
+        scaled_loss = model.optimizer.scale_loss(loss / replicas if replicas > 1 else loss)
+    variables = model.trainable_variables
+    gradients = tape.gradient(scaled_loss, variables)
+    if replicas > 1:
+        _apply_clipped_across_replicas(model.optimizer, gradients, variables, replicas)
+    else:
+        model.optimizer.apply(gradients, variables)
+    model.update_ema()
+    model.loss_tracker.update_state(loss)
+    return {"loss": model.loss_tracker.result()}
+
+
+def _apply_clipped_across_replicas(optimizer, gradients, variables, replicas):
+    """Global-norm clipping of the replicas' summed gradient, then `optimizer.apply`.
+
+    Keras' optimizer clips each replica's gradient before tf.distribute sums them, so
+    `global_clipnorm` would bound the wrong norm (and a step on N devices would differ
+    from one on 1 device). Here the sum is clipped, and the optimizer (its clipping
+    switched off while the step is traced) sums the replicas' now equal gradients / N.
+    """
+    # LossScaleOptimizer: the clipping is its inner optimizer's.
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    clip = inner.global_clipnorm
+    if not clip:
+        optimizer.apply(gradients, variables)
+        return
+    gradients = [tf.convert_to_tensor(g) for g in gradients]  # IndexedSlices (embeddings) -> dense
+    summed = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+    scale = optimizer.dynamic_scale if inner is not optimizer else 1.0  # gradients are loss-scaled
+    summed, _ = tf.clip_by_global_norm(summed, clip * scale)
+    with clipping_switched_off(inner):
+        optimizer.apply([g / replicas for g in summed], variables)
+
+
+def compile_inference(fn, variables, jit_compile=False):
+    """`tf.function` (XLA when `jit_compile`)."""
+    return tf.function(fn, jit_compile=jit_compile, reduce_retracing=True)
+
+
+def compile_loop(fn, variables, jit_compile=None):
+    """`tf.function` with XLA by default (`jit_compile`), the Python ints `start`/`stop` passed
+    as tensors so that they never retrace."""
+    compiled = compile_inference(fn, variables, True if jit_compile is None else jit_compile)
+
+    def with_tensor_bounds(x, x0, start, stop, *args):
+        return compiled(x, x0, tf.constant(start, tf.int32), tf.constant(stop, tf.int32), *args)
+
+    return with_tensor_bounds

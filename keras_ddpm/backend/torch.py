@@ -1,0 +1,375 @@
+"""The PyTorch backend: its eager training step (clipping and Adam as multi-tensor and fused torch
+kernels, the tensors they touch gathered once in a step plan), eager inference under
+`torch.no_grad()`, layer kernels on NHWC data, seeds and the dtypes this machine can train in.
+"""
+
+import functools
+import math
+import operator
+
+import keras
+import numpy as np
+import torch
+
+from keras_ddpm.backend import internals
+from keras_ddpm.backend.common import clipping_switched_off
+from keras_ddpm.backend.common import unpack
+
+
+def supports_steps_per_execution():
+    return False  # Keras' PyTorch trainer runs one step per call
+
+
+def seed_generator(seed=None):
+    """Keras draws number k of `SeedGenerator(s)` with the integer s + k here: the seed is first
+    spread over 31 bits by NumPy's `SeedSequence` hash, so that neighbouring seeds do not share a
+    stream shifted by one draw."""
+    if seed is not None:
+        seed = int(np.random.SeedSequence(seed).generate_state(1)[0] >> 1)
+    return keras.random.SeedGenerator(seed)
+
+
+def compile_inference(fn, variables, jit_compile=False):
+    """Eager, under `torch.no_grad()` (a sampling loop is a Python loop)."""
+
+    def no_grad(*args):
+        with torch.no_grad():
+            return fn(*args)
+
+    return no_grad
+
+
+# The training step.
+
+
+def train_step(model, data):
+    images, labels = unpack(data)
+    model.zero_grad()
+    loss = model.compute_diffusion_loss(images, labels, training=True)
+    model.optimizer.scale_loss(loss).backward()
+    variables = model.trainable_variables
+    plan = _step_plan(model, variables)
+    gradients = [weight.grad for weight in plan.adam.weights]
+    with torch.no_grad():
+        _apply_gradients(model.optimizer, gradients, variables, plan.adam)
+        decay = float(model.ema_decay_at(model.optimizer.iterations))
+        # `DiffusionModel.update_ema`, as one multi-tensor kernel.
+        internals.foreach_lerp_(plan.ema_weights, plan.network_weights, 1.0 - decay)
+    model.loss_tracker.update_state(loss.detach())
+    return {"loss": model.loss_tracker.result()}
+
+
+def _step_plan(model, variables):
+    """The tensors a training step reads and updates, gathered once and kept on the model (walking
+    Keras' layers and variable properties for them at every step costs a noticeable part of a
+    step); gathered again when the optimizer, its state or the trainable variables change."""
+    plan = getattr(model, "_torch_step_plan", None)
+    if plan is None or not plan.adam.matches(model.optimizer, variables):
+        plan = model._torch_step_plan = _StepPlan(model, variables)
+    return plan
+
+
+class _StepPlan:
+    def __init__(self, model, variables):
+        self.adam = _AdamPlan(model.optimizer, variables)
+        self.ema_weights = [weight.value for weight in model.ema_network.weights]
+        self.network_weights = [weight.value for weight in model.network.weights]
+
+
+class _AdamPlan:
+    """The weights and, where `_fused_adam` applies, Adam's moments, as torch tensors.
+
+    Builds the optimizer if needed, and gives each moment its weight's memory layout:
+    `torch._fused_adam_` walks a weight and its moments as flat memory, and a convolution kernel
+    is kept in torch's layout (`ConvKernelLayout`).
+    """
+
+    def __init__(self, optimizer, variables):
+        if not optimizer.built:
+            optimizer.build(variables)
+        # The objects themselves, not their ids: a new optimizer may reuse a freed one's id.
+        self.optimizer, self.variables = optimizer, list(variables)
+        self.num_optimizer_variables = len(optimizer.variables)
+        self.weights = [v.value for v in variables]
+        self.kernel = internals.fused_adam()
+        self.fused = False
+        if self.kernel is None or not _fusable_adam(optimizer, variables):
+            return
+        adam = internals.adam_internals(optimizer, variables)
+        if adam is None:
+            return
+        self.apply_weight_decay = adam.apply_weight_decay
+        self.momentums = _moment_views(adam.momentums, self.weights)
+        self.velocities = _moment_views(adam.velocities, self.weights)
+        self.flat_weights = [_flat(weight) for weight in self.weights]
+        self.fused = self.momentums is not None and self.velocities is not None
+
+    def matches(self, optimizer, variables):
+        """Whether this plan still describes `optimizer` updating `variables`."""
+        return (
+            self.optimizer is optimizer
+            and len(optimizer.variables) == self.num_optimizer_variables
+            and len(variables) == len(self.variables)
+            and all(map(operator.is_, variables, self.variables))
+        )
+
+
+def _moment_views(moments, weights):
+    """Flat views of Adam's `moments` (Keras variables), each first re-stored (same values) in the
+    memory layout of its weight where they differ; None where Keras' storage cannot be replaced.
+
+    Keras makes optimizer slots contiguous and has no option for another layout.
+    """
+    views = []
+    for moment, weight in zip(moments, weights):
+        value = moment.value
+        if value.stride() != weight.stride():
+            relaid = torch.empty_like(weight, dtype=value.dtype).copy_(value)  # `weight`'s strides
+            if not internals.set_torch_value(moment, relaid):
+                return None
+        views.append(_flat(moment.value))
+    return views
+
+
+def _flat(tensor, like=None):
+    """A dense tensor's memory as a 1-D view (the tensor itself when contiguous); with `like`,
+    of a copy in `like`'s layout if the strides differ.
+
+    `torch._fused_adam_` copies a non-contiguous gradient into Keras' contiguous order (it did
+    for each convolution kernel, a large part of a ddpm_cifar10 step); a weight, its gradient
+    and its moments kept in one memory order have flat views that pair the same elements.
+    """
+    if like is not None and tensor.stride() != like.stride():
+        tensor = torch.empty_like(like, dtype=tensor.dtype).copy_(tensor)
+    if tensor.is_contiguous():
+        return tensor
+    if not _dense(tensor):
+        shape, strides = tuple(tensor.shape), tensor.stride()
+        raise ValueError(f"Expected a dense tensor; got shape {shape}, strides {strides}.")
+    return tensor.as_strided((tensor.numel(),), (1,), tensor.storage_offset())
+
+
+def _dense(tensor):
+    """Whether `tensor`'s elements fill a block of memory with no gaps or overlaps (any order)."""
+    expected = 1
+    for size, stride in sorted(zip(tensor.shape, tensor.stride()), key=lambda pair: pair[1]):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _apply_gradients(optimizer, gradients, variables, plan=None):
+    """`optimizer.apply(gradients, variables)` with torch's multi-tensor and fused kernels.
+
+    Keras clips tensor by tensor (a dozen small ops per weight, 2,000+ for ddpm_cifar10); torch's
+    multi-tensor norm and multiply do the same scaling, clip / max(norm, clip), in two calls. On a
+    CPU, torch runs Keras' multi-tensor Adam as about ten passes over every weight;
+    `torch._fused_adam_` makes one (`_fused_adam`). Other optimizers take Keras' update after the
+    clipping, and loss-scaled (fp16) ones Keras' path throughout. `plan`: an `_AdamPlan` of these
+    variables, kept by the caller across steps.
+    """
+    if hasattr(optimizer, "inner_optimizer"):
+        optimizer.apply(gradients, variables)
+        return
+    clip = optimizer.global_clipnorm
+    if clip:
+        norm = torch.linalg.vector_norm(torch.stack(internals.foreach_norm(gradients)))
+        limit = torch.tensor(clip, device=norm.device)
+        internals.foreach_mul_(gradients, clip / torch.maximum(norm, limit))
+    plan = plan or _AdamPlan(optimizer, variables)
+    if not plan.fused:
+        with clipping_switched_off(optimizer):
+            optimizer.apply(gradients, variables)
+        return
+    plan.apply_weight_decay(variables)  # AdamW's decoupled decay, as Keras applies it
+    _fused_adam(optimizer, gradients, plan)
+    optimizer.iterations.assign_add(1)
+
+
+def _fusable_adam(optimizer, variables):
+    """Keras' Adam or AdamW with none of the options `_fused_adam` leaves out."""
+    if not isinstance(optimizer, keras.optimizers.Adam) or not variables:
+        return False
+    plain = not (optimizer.amsgrad or optimizer.use_ema or optimizer.gradient_accumulation_steps)
+    placements = {(v.dtype, str(v.value.device)) for v in variables}
+    uniform = len(placements) == 1 and variables[0].dtype == "float32"
+    no_constraints = all(v.constraint is None and not v.overwrite_with_gradient for v in variables)
+    return plain and uniform and no_constraints
+
+
+def _fused_adam(optimizer, gradients, plan):
+    """Keras' Adam step by `torch._fused_adam_`: m and v as both define them, and
+    w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps), Keras' epsilon (torch's kernel adds
+    its eps to sqrt(v) / sqrt(1 - b2^t), so it gets eps / sqrt(1 - b2^t))."""
+    step = float(optimizer.iterations) + 1
+    beta_1, beta_2 = float(optimizer.beta_1), float(optimizer.beta_2)
+    device = gradients[0].device
+    plan.kernel(
+        plan.flat_weights,
+        [_flat(gradient, weight) for gradient, weight in zip(gradients, plan.weights)],
+        plan.momentums,
+        plan.velocities,
+        [],
+        [torch.full((), step, device=device)] * len(gradients),
+        lr=float(optimizer.learning_rate),
+        beta1=beta_1,
+        beta2=beta_2,
+        weight_decay=0.0,
+        eps=float(optimizer.epsilon) / math.sqrt(1.0 - beta_2**step),
+        amsgrad=False,
+        maximize=False,
+    )
+
+
+# Layer kernels on NHWC tensors. Keras' torch backend makes an NCHW copy of every convolution's
+# input and hands back a permuted view, and composes GroupNorm from reductions: together a large
+# part of the kernel time in torch.profiler's table of a CPU forward pass of ddpm_cifar10
+# (docs/performance.md). A contiguous NHWC tensor permuted to NCHW *is* a channels_last tensor,
+# which oneDNN and cuDNN convolve and normalise in place, and whose result permuted back is a
+# contiguous NHWC tensor again: no copies.
+
+
+class ConvKernelLayout:
+    """Wraps a Keras initializer: the (kh, kw, in, out) kernel it makes, with the same shape and
+    values, stored in the memory order (out, kh, kw, in) of torch's channels_last kernel.
+
+    `conv2d_nhwc` then views it as torch's (out, in, kh, kw) without a copy, and autograd gives
+    its gradient the same layout, where a contiguous Keras kernel took a transposing copy in the
+    forward and another in the backward pass. Elementwise updates (Adam, EMA) and saving see only
+    shapes and values.
+    """
+
+    def __init__(self, initializer):
+        self.initializer = initializer
+
+    def __call__(self, shape, dtype=None):
+        kernel = keras.ops.convert_to_tensor(self.initializer(shape, dtype=dtype))
+        # A copy with exactly torch's strides, even along an axis of size 1 (`_kernel`), where
+        # `.contiguous()` would keep Keras' strides.
+        permuted = torch.permute(kernel, (3, 0, 1, 2))
+        return permuted.clone(memory_format=torch.contiguous_format).permute(1, 2, 3, 0)
+
+
+def conv_kernel_initializer(initializer):
+    """`ConvKernelLayout` of Keras' `initializer` (an initializer or its name)."""
+    return ConvKernelLayout(keras.initializers.get(initializer))
+
+
+def _kernel(kernel, dtype):
+    """Keras' (kh, kw, in, out) `kernel` as torch's (out, in, kh, kw) kernel in `dtype`, with the
+    strides of a channels_last tensor: a view of a kernel stored by `ConvKernelLayout`, a copy of
+    any other (autograd takes its gradient back to `kernel`).
+
+    oneDNN and cuDNN convolve channels_last data with a channels_last kernel and would otherwise
+    copy it in the forward and the backward pass. Torch's fallback (`slow_conv2d`, which a CPU
+    takes for a batch of 1 and for float16) needs those exact strides: along an axis of size 1
+    (one output channel, `conv_out` of a grayscale model) other strides leave a tensor both
+    channels_last and contiguous, the fallback makes the kernel's gradient in one layout and
+    checks it against the other ("slow_conv2d: grad_weight must be contiguous").
+    """
+    kernel = torch.permute(kernel, (3, 2, 0, 1))
+    _, in_channels, _, width = kernel.shape
+    strides = (kernel.shape[2] * width * in_channels, 1, width * in_channels, in_channels)
+    if kernel.dtype == dtype and kernel.stride() == strides:
+        return kernel
+    channels_last = torch.empty(
+        kernel.shape, dtype=dtype, device=kernel.device, memory_format=torch.channels_last
+    )
+    return channels_last.copy_(kernel)
+
+
+def conv2d_nhwc(x, kernel, strides, padding, bias=None, cache=None):
+    """2D convolution of NHWC `x` with a Keras (kh, kw, in, out) kernel (and `bias`), as (y, cache).
+
+    `padding` is (top, bottom, left, right) zeros. Outside autograd (sampling) the kernel in
+    torch's (out, in, kh, kw) layout (`_kernel`: a copy in another dtype) is kept in `cache` (the
+    caller holds it) until the variable changes (its tensor, that tensor's in-place version, or
+    the dtype asked for), so a sampling chain makes it once instead of at every step.
+    """
+    value = getattr(kernel, "value", kernel)
+    if torch.is_grad_enabled() and value.requires_grad:
+        kernel = _kernel(value, x.dtype)
+    else:
+        version = internals.tensor_version(value)  # None: made again at every call
+        kept = cache is not None and cache[0] is value and cache[1:3] == (version, x.dtype)
+        if version is None or not kept:
+            cache = (value, version, x.dtype, _kernel(value.detach(), x.dtype))
+        kernel = cache[3]
+    x = torch.permute(x, (0, 3, 1, 2))
+    top, bottom, left, right = padding
+    # TensorFlow's "same" with a stride pads one side more: pad first (channels_last kept).
+    if (top, left) != (bottom, right):
+        x, top, left = torch.nn.functional.pad(x, (left, right, top, bottom)), 0, 0
+    if bias is not None:
+        bias = getattr(bias, "value", bias).to(x.dtype)
+    y = torch.nn.functional.conv2d(x, kernel, bias, stride=tuple(strides), padding=(top, left))
+    return torch.permute(y, (0, 2, 3, 1)), cache
+
+
+def dense(x, kernel, bias):
+    """x @ kernel + bias over the last axis of `x` (Keras variables), as one `torch.addmm`."""
+    return _dense_product(x, kernel.value, bias.value)
+
+
+def _dense_product(x, kernel, bias):
+    y = torch.addmm(bias, x.reshape(-1, x.shape[-1]), kernel)
+    return y.reshape(*x.shape[:-1], kernel.shape[-1])
+
+
+def upsample_nearest_nhwc(x, factor):
+    """Nearest-neighbour upsampling of NHWC `x` by an integer `factor` (torch's channels_last
+    kernel; Keras' layer makes two copies)."""
+    nchw = torch.permute(x, (0, 3, 1, 2))
+    y = torch.nn.functional.interpolate(nchw, scale_factor=factor, mode="nearest")
+    return torch.permute(y, (0, 2, 3, 1))
+
+
+def group_norm_nhwc(x, groups, gamma, beta, epsilon):
+    """GroupNorm over the last axis of NHWC `x` with Keras variables `gamma` and `beta`, in
+    float32 (as Keras' own layer computes it): one fused kernel instead of Keras' reductions."""
+    gamma, beta = (keras.ops.cast(keras.ops.convert_to_tensor(w), "float32") for w in (gamma, beta))
+    return _group_norm(x, groups, gamma, beta, epsilon)
+
+
+def _group_norm(x, groups, gamma, beta, epsilon):
+    nchw = torch.permute(x, (0, 3, 1, 2)).float()
+    y = torch.nn.functional.group_norm(nchw, groups, gamma, beta, epsilon)
+    return torch.permute(y, (0, 2, 3, 1))
+
+
+# Mixed precision.
+
+
+@functools.cache
+def compute_dtype_problem(dtype):
+    """Why torch cannot train the network in `dtype` on its default device, as one sentence; None
+    where it can. Its CPU kernels for bfloat16 and float16 came one by one over its releases
+    (2.13 has all the network uses; float16 convolutions go through its unvectorised fallback,
+    many times slower than float32). The probe: a batch of one through those operations, forward
+    and backward, in `dtype`."""
+    if dtype == "float32":
+        return None
+    device = keras.ops.zeros(()).device
+    try:
+        _network_probe(getattr(torch, dtype), device)
+    except (RuntimeError, NotImplementedError) as error:
+        reason = str(error).strip().splitlines()[0]
+        where = f"on this {device.type} ({reason})"
+        return f"PyTorch {torch.__version__} cannot train in {dtype} {where}."
+    return None
+
+
+def _network_probe(dtype, device):
+    """The network's operations in `dtype`, on NHWC data as the layers run them, then backward."""
+
+    def random(*shape):
+        return torch.randn(*shape, device=device).to(dtype).requires_grad_()
+
+    x = random(1, 4, 4, 8)
+    h, _ = conv2d_nhwc(x, random(3, 3, 8, 8), (1, 1), (1, 1, 1, 1), bias=random(8))
+    h = keras.ops.silu(_group_norm(h, 2, None, None, 1e-6).to(dtype))
+    h = upsample_nearest_nhwc(h, 2)
+    h, _ = conv2d_nhwc(h, random(3, 3, 8, 8), (2, 2), (0, 1, 0, 1))
+    q, k, v = (_dense_product(h, random(8, 8), random(8)).reshape(1, 16, 1, 8) for _ in range(3))
+    keras.ops.dot_product_attention(q, k, v).float().sum().backward()

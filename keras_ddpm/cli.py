@@ -1,0 +1,842 @@
+"""keras_ddpm's command line: train, sample, evaluate, inspect and export diffusion models.
+
+    python cli.py train --dataset mnist_5k --preset mnist --out runs/mnist
+    python cli.py sample --model runs/mnist/model.keras --save-path samples.png
+    python cli.py eval --model runs/mnist/model.keras --dataset mnist_5k:test
+    python cli.py info --preset ddpm_cifar10
+
+(`keras-ddpm ...` where the package is installed.) Each command parses its options into the
+library's configuration (`RunConfig`, `SampleRequest`, `EvalConfig`), calls the library and turns
+the result into messages and an exit status. Keras loads inside the commands, so `--help` is quick.
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+
+import click
+from click.core import ParameterSource
+
+from keras_ddpm import sampling_options
+from keras_ddpm.errors import describe_error
+from keras_ddpm.evaluation import EvalConfig
+from keras_ddpm.run_config import RunConfig
+from keras_ddpm.saving import default_model_path
+from keras_ddpm.saving import load_model_file
+
+RUN = RunConfig()  # the defaults of `train`
+SAMPLING = sampling_options.DEFAULTS  # of `sample` and of the sampling of `eval`
+EVAL = EvalConfig()  # of `eval`
+
+
+def user_errors(command):
+    """The command's error boundary: an error a user can cause (a bad value, file or folder, a
+    full disk: `ValueError`, `OSError`) becomes one `Error:` sentence and exit status 1; any other
+    exception one line too, naming `-v`, which shows its traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit):
+            raise
+        except (ValueError, OSError) as error:
+            raise click.ClickException(describe_error(error)) from None
+        except Exception as error:
+            if click.get_current_context().find_root().params.get("show_traceback"):
+                raise
+            raise click.ClickException(
+                f"unexpected {type(error).__name__}: {describe_error(error)} "
+                "(`python cli.py -v ...` shows the traceback)"
+            ) from None
+
+    return wrapper
+
+
+def folder_option(context, parameter, value):
+    """A click callback: the value names a folder or nothing yet, not an existing file."""
+    if value is not None and os.path.exists(value) and not os.path.isdir(value):
+        raise click.BadParameter(f"{value} is a file; give a folder (it is created if missing).")
+    return value
+
+
+class FiniteFloat(click.FloatRange):
+    """`click.FloatRange` that also refuses nan and inf (they compare false with any bound)."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value} is not a finite number.", param, ctx)
+        return value
+
+
+def run_option_type(name):
+    """The click type of `RunConfig` option `name`: its `Limit` (choices, or a bounded number)."""
+    limit = RunConfig.limit(name)
+    if limit.choices is not None:
+        return click.Choice(limit.choices)
+    bounds = dict(min=limit.low, max=limit.high, min_open=limit.low_open, max_open=limit.high_open)
+    if limit.kind is float:
+        return FiniteFloat(**bounds)
+    if limit.kind is int:
+        return click.IntRange(**bounds) if limit.low is not None or limit.high is not None else int
+    return None  # a string
+
+
+def sampling_click_options(**help_texts):
+    """The sampling options of `sample` and `eval`: their choices and defaults are
+    `keras_ddpm.sampling_options`'; `help_texts` replace the help of the options they name."""
+    stochastic = " and ".join(sampling_options.STOCHASTIC_MODES)
+    steps = ", ".join(f"{n} for {s}" for s, n in sampling_options.DEFAULT_STEPS.items())
+    skips = ", ".join(f"{k} for {s}" for s, k in sampling_options.DEFAULT_SKIPS.items())
+    helps = {
+        "sampler": f"[default: ddpm for {stochastic}, ddim otherwise]",
+        "steps": f"Denoising steps [default: {steps}].",
+        "eta": "DDIM eta (0: deterministic).",
+        "skip": f"Timestep spacing [default: {skips}].",
+        "variance": "DDPM variance.",
+        "guidance": "Classifier-free guidance weight w (0: plain conditional sampling).",
+        "seed": None,
+        **help_texts,
+    }
+    options = [
+        click.option(
+            "--sampler",
+            type=click.Choice(sampling_options.SAMPLERS),
+            default=SAMPLING.sampler,
+            help=helps["sampler"],
+        ),
+        click.option(
+            "--steps", type=click.IntRange(min=1), default=SAMPLING.steps, help=helps["steps"]
+        ),
+        click.option(
+            "--eta",
+            type=FiniteFloat(min=0),
+            default=SAMPLING.eta,
+            show_default=True,
+            help=helps["eta"],
+        ),
+        click.option(
+            "--skip",
+            type=click.Choice(sampling_options.SKIPS),
+            default=SAMPLING.skip,
+            help=helps["skip"],
+        ),
+        click.option(
+            "--variance",
+            type=click.Choice(sampling_options.VARIANCES),
+            default=SAMPLING.variance,
+            show_default=True,
+            help=helps["variance"],
+        ),
+        click.option(
+            "--guidance",
+            type=FiniteFloat(),
+            default=SAMPLING.guidance,
+            show_default=True,
+            help=helps["guidance"],
+        ),
+        click.option(
+            "--seed", type=int, default=SAMPLING.seed, show_default=True, help=helps["seed"]
+        ),
+    ]
+
+    def decorate(command):
+        for option in reversed(options):  # click lists options in the order they are applied
+            command = option(command)
+        return command
+
+    return decorate
+
+
+@click.group()
+@click.option(
+    "-v",
+    "--traceback",
+    "show_traceback",
+    is_flag=True,
+    help="Show the traceback of an unexpected error.",
+)
+def cli(show_traceback):
+    """Denoising diffusion models (DDPM, DDIM) in Keras 3 on TensorFlow, PyTorch and JAX."""
+    from keras_ddpm import backend
+
+    backend.configure_xla_cpu()
+
+
+def main():
+    """`python cli.py ...` and the `keras-ddpm` console script."""
+    cli()
+
+
+@cli.command()
+@click.option(
+    "--dataset",
+    default=RUN.dataset,
+    show_default=True,
+    help="mnist_5k, a tfds image dataset ('celeb_a', 'cifar10:train'...) or a folder of images.",
+)
+@click.option(
+    "--data-dir",
+    "--data_dir",
+    "data_dir",
+    default=RUN.data_dir,
+    help="tfds data directory [default: ~/tensorflow_datasets].",
+)
+@click.option(
+    "--image-size",
+    "--image_size",
+    "image_size",
+    type=run_option_type("image_size"),
+    default=RUN.image_size,
+    help="Training image size [default: the preset's].",
+)
+@click.option(
+    "--crop",
+    type=run_option_type("crop"),
+    default=RUN.crop,
+    show_default=True,
+    help="auto: DDIM's CelebA crop for celeb_a, the centred square otherwise.",
+)
+@click.option(
+    "--flip/--no-flip",
+    default=RUN.flip,
+    help="Random horizontal flips [default: the preset's; off for digits].",
+)
+@click.option(
+    "--cache",
+    default=RUN.cache,
+    show_default=True,
+    help="Cache decoded images: auto (in memory up to 2 GiB), memory, none, or a folder for "
+    "cache files.",
+)
+@click.option("--preset", default=RUN.preset, show_default=True, help="Model preset (see `info`).")
+@click.option(
+    "--steps",
+    type=run_option_type("steps"),
+    default=RUN.steps,
+    help="Total training steps [default: the preset's].",
+)
+@click.option(
+    "--batch-size",
+    "--batch_size",
+    "batch_size",
+    type=run_option_type("batch_size"),
+    default=RUN.batch_size,
+    help="Global batch size, split across devices [default: the preset's].",
+)
+@click.option(
+    "--optimizer", type=run_option_type("optimizer"), default=RUN.optimizer, help="[default: adam]"
+)
+@click.option(
+    "--weight-decay",
+    type=run_option_type("weight_decay"),
+    default=RUN.weight_decay,
+    help="AdamW's decoupled weight decay [default: 0].",
+)
+@click.option(
+    "--lr",
+    type=run_option_type("lr"),
+    default=RUN.lr,
+    help="Peak learning rate [default: the preset's].",
+)
+@click.option(
+    "--lr-schedule",
+    type=run_option_type("lr_schedule"),
+    default=RUN.lr_schedule,
+    help="After warm-up: constant (DDPM) or cosine decay to 0 [default: constant].",
+)
+@click.option(
+    "--warmup-steps",
+    type=run_option_type("warmup_steps"),
+    default=RUN.warmup_steps,
+    help="Linear warm-up steps [default: the preset's].",
+)
+@click.option(
+    "--grad-clip",
+    type=run_option_type("grad_clip"),
+    default=RUN.grad_clip,
+    help="Clip gradients to this global norm; 0: off [default: the preset's, 1.0].",
+)
+@click.option(
+    "--ema-decay",
+    type=run_option_type("ema_decay"),
+    default=RUN.ema_decay,
+    help="[default: the preset's]",
+)
+@click.option(
+    "--ema-warmup-power",
+    type=run_option_type("ema_warmup_power"),
+    default=RUN.ema_warmup_power,
+    help="EMA warm-up: decay min(ema_decay, 1 - (1 + step)^-p); 2/3 or 3/4 are usual; 0: off "
+    "[default: 0].",
+)
+@click.option(
+    "--prediction",
+    type=run_option_type("prediction"),
+    default=RUN.prediction,
+    help="Network target [default: epsilon].",
+)
+@click.option(
+    "--schedule",
+    type=run_option_type("schedule"),
+    default=RUN.schedule,
+    help="Noise schedule [default: linear].",
+)
+@click.option(
+    "--class-cond/--no-class-cond",
+    default=RUN.class_cond,
+    show_default=True,
+    help="Condition on the dataset's labels (with label dropout for classifier-free guidance).",
+)
+@click.option(
+    "--mixed-precision",
+    type=run_option_type("mixed_precision"),
+    default=RUN.mixed_precision,
+    show_default=True,
+    help="bf16 or fp16 compute (fp16 with dynamic loss scaling); weights, loss and schedule stay "
+    "float32.",
+)
+@click.option(
+    "--jit-compile/--no-jit-compile",
+    default=RUN.jit_compile,
+    help="XLA [default: on for JAX and for TensorFlow with a GPU].",
+)
+@click.option(
+    "--steps-per-execution",
+    type=run_option_type("steps_per_execution"),
+    default=RUN.steps_per_execution,
+    show_default=True,
+    help="Steps between callbacks (TensorFlow, JAX); TensorFlow compiles them into one call.",
+)
+@click.option(
+    "--distribute",
+    type=run_option_type("distribute"),
+    default=RUN.distribute,
+    show_default=True,
+    help="Data parallel on all local devices: mirrored (TensorFlow) or data_parallel (JAX).",
+)
+@click.option("--seed", type=run_option_type("seed"), default=RUN.seed, show_default=True)
+@click.option(
+    "--out",
+    "out_dir",
+    default=RUN.out_dir,
+    show_default=True,
+    callback=folder_option,
+    help="Run directory: model.keras, checkpoints/, metrics.csv, logs/, samples/, config.json.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    default=RUN.resume,
+    help="Continue from the newest checkpoint in OUT that loads (options default to "
+    "OUT/config.json's, which must exist).",
+)
+@click.option(
+    "--checkpoint-every",
+    type=run_option_type("checkpoint_every"),
+    default=RUN.checkpoint_every,
+    show_default=True,
+    help="Steps between checkpoints.",
+)
+@click.option(
+    "--keep-checkpoints",
+    type=run_option_type("keep_checkpoints"),
+    default=RUN.keep_checkpoints,
+    show_default=True,
+    help="How many of the newest checkpoints to keep.",
+)
+@click.option(
+    "--log-every",
+    type=run_option_type("log_every"),
+    default=RUN.log_every,
+    show_default=True,
+    help="Steps between rows of OUT/metrics.csv and TensorBoard scalars.",
+)
+@click.option(
+    "--sample-every",
+    type=run_option_type("sample_every"),
+    default=RUN.sample_every,
+    show_default=True,
+    help="Steps between EMA sample grids in OUT/samples (0: never).",
+)
+@click.option(
+    "--sample-steps",
+    type=run_option_type("sample_steps"),
+    default=RUN.sample_steps,
+    show_default=True,
+    help="DDIM steps of the sample grids.",
+)
+@click.option(
+    "--verbose",
+    type=run_option_type("verbose"),
+    default=RUN.verbose,
+    show_default=True,
+    help="0: quiet; 1: a progress bar.",
+)
+@click.option(
+    "--fid-every",
+    type=run_option_type("fid_every"),
+    default=RUN.fid_every,
+    show_default=True,
+    help="Measure FID/KID every N steps (0: never); logged to history, OUT/metrics.csv and "
+    "OUT/logs.",
+)
+@click.option(
+    "--fid-samples",
+    type=run_option_type("fid_samples"),
+    default=RUN.fid_samples,
+    show_default=True,
+    help="Images generated (and real images used) per FID.",
+)
+@click.option(
+    "--fid-steps",
+    type=run_option_type("fid_steps"),
+    default=RUN.fid_steps,
+    show_default=True,
+    help="DDIM steps of the FID samples.",
+)
+@click.option(
+    "--inception-weights",
+    default=RUN.inception_weights,
+    show_default=True,
+    help="InceptionV3 weights for FID: 'imagenet' (downloaded by Keras) or a local file.",
+)
+@user_errors
+def train(**options):
+    """Train a model (checkpointed, resumable) and save it to OUT/model.keras."""
+    from keras_ddpm import training
+    from keras_ddpm.callbacks import NonFiniteLossError
+    from keras_ddpm.checkpoints import RunInUseError
+
+    context = click.get_current_context()
+    given = {n for n in options if context.get_parameter_source(n) == ParameterSource.COMMANDLINE}
+    config = RunConfig(**options)
+    try:
+        result = training.run(config, explicit=given, echo=click.echo)
+    except RunInUseError as error:
+        raise click.ClickException(str(error)) from None
+    except NonFiniteLossError as error:
+        raise click.ClickException(
+            f"{error} Lower --lr or check the data, then --resume."
+        ) from None
+    if result.interrupted:
+        click.echo(
+            f"stopped at step {result.step}/{result.total_steps}; checkpoint {result.checkpoint}. "
+            f"Continue with: python cli.py train --out {config.out_dir} --resume"
+        )
+        sys.exit(130)
+    loss = result.final_loss
+    trained = (
+        f"final loss {loss:.4f}" if loss is not None else f"already trained to step {result.step}"
+    )
+    click.echo(f"{trained}; model saved to {result.model_path}")
+
+
+@cli.command()
+@click.option(
+    "--model",
+    "--model_params",
+    "model_path",
+    default=None,
+    help="A .keras file written by `train` [default: the model in saved_models/].",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(sampling_options.MODES),
+    default=SAMPLING.mode,
+    show_default=True,
+)
+@sampling_click_options()
+@click.option(
+    "--batch-size",
+    "--batch_size",
+    "batch_size",
+    type=click.IntRange(1, sampling_options.MAX_IMAGES),
+    default=SAMPLING.batch_size,
+    show_default=True,
+    help="Images per grid (normal, denoising_process, sequence) or samples (coarse_to_fine, "
+    "inpainting).",
+)
+@click.option(
+    "--class-label",
+    "--class_label",
+    "class_label",
+    type=int,
+    default=SAMPLING.class_label,
+    help="Class to draw (class-conditional models) [default: a column per class].",
+)
+@click.option(
+    "--padding",
+    type=click.IntRange(min=0),
+    default=SAMPLING.padding,
+    show_default=True,
+    help="Pixels between grid tiles.",
+)
+@click.option(
+    "--img-size",
+    "--img_size",
+    "img_size",
+    type=int,
+    default=None,
+    help="Checked against the model's image size.",
+)
+@click.option(
+    "--save-path",
+    "--save_path",
+    "save_path",
+    default=None,
+    help="Output image [default: samples.gif for denoising_process, samples.png otherwise].",
+)
+@click.option(
+    "--save-dir",
+    "--save_dir",
+    "save_dir",
+    default=None,
+    callback=folder_option,
+    help="normal mode: write --n-images single PNGs here instead of a grid (for FID tools).",
+)
+@click.option(
+    "--n-images",
+    "--n_images",
+    "n_images",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --save-dir: how many images [default: --batch-size].",
+)
+@click.option(
+    "--n-frames",
+    "--n_frames",
+    "n_frames",
+    type=click.IntRange(min=2),
+    default=SAMPLING.n_frames,
+    help="Frames of denoising_process / columns of sequence [default: "
+    + ", ".join(f"{n} for {mode}" for mode, n in sampling_options.DEFAULT_FRAMES.items())
+    + "].",
+)
+@click.option(
+    "--frame-ms",
+    type=click.IntRange(min=1),
+    default=SAMPLING.frame_ms,
+    show_default=True,
+    help="GIF frame duration.",
+)
+@click.option(
+    "--hold-ms",
+    type=click.IntRange(min=1),
+    default=SAMPLING.hold_ms,
+    show_default=True,
+    help="How long the GIF holds its last frame.",
+)
+@click.option(
+    "--dataset",
+    default=SAMPLING.dataset,
+    show_default=True,
+    help="Real images for interpolation, coarse_to_fine, inpainting (as in `train`).",
+)
+@click.option(
+    "--data-dir",
+    "--data_dir",
+    "data_dir",
+    default=None,
+    help="tfds data directory, or a folder of images used as the dataset.",
+)
+@click.option(
+    "--image-idx1",
+    "--image_idx1",
+    "image_idx1",
+    type=click.IntRange(min=0),
+    default=SAMPLING.image_idx1,
+    show_default=True,
+    help="Index of the (first) real image.",
+)
+@click.option(
+    "--image-idx2",
+    "--image_idx2",
+    "image_idx2",
+    type=click.IntRange(min=0),
+    default=SAMPLING.image_idx2,
+    show_default=True,
+    help="Index of the second real image (interpolation).",
+)
+@click.option(
+    "--interpolate-at",
+    "--interpolate_at",
+    "interpolate_at",
+    type=click.IntRange(min=0),
+    default=SAMPLING.interpolate_at,
+    help="Timestep t the images are noised to [default: T/2].",
+)
+@click.option(
+    "--n-points",
+    "--n_points",
+    "n_points",
+    type=click.IntRange(min=2),
+    default=SAMPLING.n_points,
+    show_default=True,
+    help="Interpolation weights, 0 and 1 included.",
+)
+@click.option(
+    "--interpolation-space",
+    type=click.Choice(sampling_options.INTERPOLATION_SPACES),
+    default=SAMPLING.interpolation_space,
+    show_default=True,
+    help="pixel: mix noised images at --interpolate-at; latent: slerp DDIM-inverted x_T.",
+)
+@click.option(
+    "--coarse-timesteps",
+    default=None,
+    help="coarse_to_fine rows, e.g. '999,750,500,250,100,25' [default: T, 3T/4, T/2, T/4, T/10, "
+    "T/40].",
+)
+@click.option(
+    "--mask",
+    default=SAMPLING.mask,
+    help="inpainting: a box 'x0,y0,x1,y1' in pixels or a mask image (white = fill) [default: the "
+    "central box of half the image size].",
+)
+@user_errors
+def sample(**options):
+    """Sample images from a trained model in one of six modes and save them (PNG/JPEG grid or
+    GIF)."""
+    from keras_ddpm import sample_request
+    from keras_ddpm import sampling_modes as modes
+    from keras_ddpm.images import load_mask
+    from keras_ddpm.images import save_gif
+    from keras_ddpm.images import save_image
+
+    model = load_model_file(options["model_path"] or default_model_path())
+    size = model.config.unet.image_size
+    mode, mask, data_dir = options["mode"], options["mask"], options["data_dir"]
+    if options["img_size"] is not None and options["img_size"] != size:
+        raise ValueError(
+            f"--img-size {options['img_size']} does not match the model's image size {size}."
+        )
+    save_dir = options["save_dir"]
+    if save_dir is not None and mode != "normal":
+        raise ValueError("--save-dir writes single images of the normal mode only.")
+    timesteps = sampling_options.parse_coarse_timesteps(options["coarse_timesteps"])
+    fill_mask = None  # a mask image; a box stays in the request
+    is_box = mask is not None and mask.replace(",", "").replace(" ", "").isdigit()
+    if mode == "inpainting" and mask is not None and (os.path.isfile(mask) or not is_box):
+        fill_mask = load_mask(mask, size)
+    dataset = options["dataset"]
+    use_folder = data_dir and os.path.isdir(data_dir) and dataset == SAMPLING.dataset
+    real_source = data_dir if use_folder else dataset
+    request = sample_request.SampleRequest.from_options(
+        options,
+        dataset=real_source,
+        coarse_timesteps=timesteps,
+        mask=None if fill_mask is not None else mask,
+    ).resolve(model)
+
+    if save_dir is not None:
+        batch_size = request.batch_size
+        total = options["n_images"] or batch_size
+        os.makedirs(save_dir, exist_ok=True)
+        for index, first in enumerate(range(0, total, batch_size)):
+            count = min(batch_size, total - first)
+            chunk = dataclasses.replace(request, batch_size=count, seed=request.seed + index)
+            for offset, image in enumerate(sample_request.run(model, chunk).tiles):
+                save_image(image, os.path.join(save_dir, f"{first + offset:06d}.png"))
+        click.echo(f"wrote {total} images to {save_dir}")
+        return
+    images = None
+    used = sampling_options.REAL_IMAGE_MODES.get(mode, 0)
+    if used:
+        tfds_dir = None if real_source == data_dir else data_dir
+        indices = (request.image_idx1, request.image_idx2)[:used]
+        channels = model.config.unet.image_channels
+        images = modes.load_real_images(real_source, indices, size, channels, data_dir=tfds_dir)
+    result = sample_request.run(model, request, images=images, fill_mask=fill_mask)
+    if mode == "denoising_process":
+        save_path = options["save_path"] or "samples.gif"
+        save_gif(result.gif_frames(request.padding), save_path, request.frame_ms, request.hold_ms)
+        click.echo(
+            f"wrote {len(result.frames)} frames of {len(result.tiles)} samples to {save_path}"
+        )
+        return
+    save_path = options["save_path"] or "samples.png"
+    save_image(result.grid(request.padding), save_path)
+    click.echo(f"wrote {len(result.tiles)} {mode} tiles to {save_path}")
+
+
+@cli.command()
+@click.option("--preset", default=None, help="A preset name.")
+@click.option("--model", "--model_params", "model_path", default=None, help="A .keras file.")
+@user_errors
+def info(preset, model_path):
+    """Print a preset's or a saved model's configuration and parameter count."""
+    if (preset is None) == (model_path is None):
+        raise ValueError("Pass exactly one of --preset NAME or --model PATH.")
+    if model_path:
+        model = load_model_file(model_path)
+        config, parameters = model.config, model.network.count_params()
+    else:
+        from keras_ddpm import build_unet
+        from keras_ddpm import get_preset
+
+        config = get_preset(preset)
+        parameters = build_unet(config.unet).count_params()
+    click.echo(json.dumps(config.to_dict(), indent=2))
+    click.echo(f"parameters: {parameters}")
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("output")
+@user_errors
+def export(source, output):
+    """Write SOURCE (a .keras model or checkpoint, or a run directory: its model.keras, else its
+    newest checkpoint; a damaged file is skipped) to OUTPUT without optimizer state, for sampling
+    and shipping."""
+    from keras_ddpm.checkpoints import CheckpointManager
+    from keras_ddpm.checkpoints import load_first_good
+    from keras_ddpm.checkpoints import write_atomically
+
+    if not output.endswith(".keras"):
+        raise ValueError(f"The output file must end in .keras. Received: {output}")
+    if os.path.isdir(source):
+        final = os.path.join(source, "model.keras")
+        checkpoints = CheckpointManager(os.path.join(source, "checkpoints")).checkpoints()
+        newest_first = [path for _, path in reversed(checkpoints)]
+        candidates = ([final] if os.path.isfile(final) else []) + newest_first
+        if not candidates:
+            raise ValueError(f"{source} holds neither model.keras nor a checkpoint.")
+        loaded, model, skipped = load_first_good(candidates, load_model_file)
+        for path, reason in skipped:
+            click.echo(f"skipped {path}: {reason}", err=True)
+        if model is None:
+            raise ValueError(f"Neither model.keras nor any checkpoint in {source} loads.")
+        source = loaded
+    else:
+        model = load_model_file(source)
+    optimizer = getattr(model, "optimizer", None)
+    step = int(optimizer.iterations) if optimizer is not None else None
+    write_atomically(model.for_inference(), output)
+    trained = f" (trained {step} steps)" if step is not None else ""
+    size = os.path.getsize(output) / 2**20
+    click.echo(f"wrote {output}{trained}: {size:.1f} MiB, from {source}")
+
+
+@cli.command("eval")
+@click.option(
+    "--model", "--model_params", "model_path", default=None, help="A .keras file to sample from."
+)
+@click.option(
+    "--gen-data-dir",
+    "--gen_data_dir",
+    "gen_data_dir",
+    default=None,
+    help="Folder of generated images: read when there is no --model, else the samples are saved "
+    "there.",
+)
+@click.option(
+    "--dataset",
+    default=None,
+    help="Real images: mnist_5k[:split], a tfds dataset 'name[:split]' or a folder.",
+)
+@click.option(
+    "--real-data-dir",
+    "--real_data_dir",
+    "real_data_dir",
+    default=None,
+    help="Real images: a folder (searched recursively).",
+)
+@click.option(
+    "--data-dir",
+    "--data_dir",
+    "data_dir",
+    default=None,
+    help="tfds data directory [default: ~/tensorflow_datasets].",
+)
+@click.option(
+    "--crop",
+    type=click.Choice(sampling_options.CROP_CHOICES),
+    default=EVAL.crop,
+    show_default=True,
+    help="Crop of the real images (as in `train`).",
+)
+@click.option(
+    "--n-eval-imgs",
+    "--n_eval_imgs",
+    "num_images",
+    type=click.IntRange(min=2),
+    default=EVAL.num_images,
+    show_default=True,
+    help="Generated images, and real images at most (50,000 is the papers' protocol).",
+)
+@click.option(
+    "--batch-size",
+    "--batch_size",
+    "batch_size",
+    type=click.IntRange(min=1),
+    default=EVAL.batch_size,
+    show_default=True,
+    help="Images per sampling batch and per Inception pass.",
+)
+@sampling_click_options(
+    sampler=f"[default: {sampling_options.default_sampler(SAMPLING.mode)}]",
+    guidance="Classifier-free guidance weight w (class-conditional models draw every class in "
+    "turn).",
+    seed="Seed of the first sampling batch (batch i uses seed + i).",
+)
+@click.option(
+    "--inception-weights",
+    default=EVAL.inception_weights,
+    show_default=True,
+    help="'imagenet' (downloaded by Keras) or a local InceptionV3 weights file.",
+)
+@click.option(
+    "--cache-dir",
+    default=None,
+    help="Where reference statistics are cached [default: $KERAS_DDPM_CACHE or "
+    "~/.cache/keras_ddpm/fid].",
+)
+@click.option(
+    "--cache/--no-cache",
+    "use_cache",
+    default=EVAL.use_cache,
+    show_default=True,
+    help="Cache the real images' statistics.",
+)
+@click.option(
+    "--kid-subsets", type=click.IntRange(min=1), default=EVAL.kid_subsets, show_default=True
+)
+@click.option(
+    "--kid-subset-size",
+    type=click.IntRange(min=2),
+    default=EVAL.kid_subset_size,
+    show_default=True,
+)
+@click.option("--output", default="eval.json", show_default=True, help="JSON file for the results.")
+@user_errors
+def evaluate(output, **options):
+    """FID and KID of a model's samples (or a folder of images) against real images."""
+    from keras_ddpm import evaluation
+
+    config = EvalConfig(**options)
+    record = evaluation.evaluate(config, echo=click.echo)
+    generated, real = record["num_generated"], record["num_real"]
+    counts = f"{generated} generated vs {real} real images"
+    subset_size = min(config.kid_subset_size, generated, real)
+    click.echo(f"FID {record['fid']:.3f} ({counts})")
+    click.echo(
+        f"KID {record['kid']:.5f} +- {record['kid_std']:.5f} ({counts}, {config.kid_subsets} "
+        f"subsets of {subset_size})"
+    )
+    click.echo(f"note: {record['note']}.")
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "w") as f:
+        json.dump(record, f, indent=2)
+    kept = config.model_path and config.gen_data_dir
+    click.echo(f"wrote {output}" + (f"; generated images in {config.gen_data_dir}" if kept else ""))
+
+
+if __name__ == "__main__":
+    main()

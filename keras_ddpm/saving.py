@@ -1,0 +1,59 @@
+"""Model files as users name them: the shipped model, and loading with errors that say what to do.
+
+Keras loads only when a model does, so the CLI's `--help` stays quick.
+"""
+
+import os
+
+from keras_ddpm.errors import describe_error
+
+# The models that ship with the project, beside the package in its source tree.
+_SOURCE_TREE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAVED_MODELS = os.path.join(_SOURCE_TREE, "saved_models")
+
+
+def shipped_models(directory=None):
+    """The .keras files in saved_models/ (or `directory`), sorted; none when it is missing."""
+    directory = directory or SAVED_MODELS
+    if not os.path.isdir(directory):
+        return []
+    return sorted(os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".keras"))
+
+
+def default_model_path():
+    """The model that ships in saved_models/ (mnist.keras, or the only .keras file there)."""
+    shipped = [os.path.basename(path) for path in shipped_models()]
+    if "mnist.keras" in shipped:
+        return os.path.join(SAVED_MODELS, "mnist.keras")
+    if len(shipped) == 1:
+        return os.path.join(SAVED_MODELS, shipped[0])
+    if not shipped:
+        raise ValueError(
+            "No model ships in saved_models/ yet; pass --model PATH (a .keras file written by "
+            "`train`)."
+        )
+    raise ValueError(
+        f"saved_models/ holds several models ({', '.join(shipped)}); pass --model PATH to choose "
+        "one."
+    )
+
+
+def load_model_file(path):
+    """`keras_ddpm.load_model`, with the next step named when there is no file and one sentence
+    (a `ValueError`) for any file Keras cannot read as a keras_ddpm model."""
+    from keras_ddpm.diffusion_model import load_model
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"No model file at {path}; train one with `python cli.py train --out DIR` and pass "
+            "DIR/model.keras."
+        )
+    try:
+        return load_model(path)
+    except ValueError:  # already one sentence: damaged, truncated, or not a keras_ddpm model
+        raise
+    except Exception as error:  # anything else Keras or h5py raise for a file they cannot read
+        raise ValueError(
+            f"Could not load {path} as a keras_ddpm model ({type(error).__name__}: "
+            f"{describe_error(error)})."
+        ) from None
