@@ -23,7 +23,11 @@ def measure(args):
     model = keras_ddpm.DiffusionModel.from_preset(args.preset, seed=0)
     model.compile()
     shape = model.image_shape
-    x = np.random.default_rng(0).uniform(-1, 1, (args.batch_size * args.steps, *shape)).astype("float32")
+    x = (
+        np.random.default_rng(0)
+        .uniform(-1, 1, (args.batch_size * args.steps, *shape))
+        .astype("float32")
+    )
     model.fit(x[: args.batch_size], batch_size=args.batch_size, epochs=1, verbose=0)  # compile
     start = time.perf_counter()
     model.fit(x, batch_size=args.batch_size, epochs=1, verbose=0)
@@ -41,7 +45,9 @@ def measure(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="mnist")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10, help="timed training steps")
@@ -49,10 +55,15 @@ def main():
     parser.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
     args, found = measure_per_backend(parser, __file__, measure)
     rows = list(found.values())
-    print(f"preset {args.preset}: train batch {args.batch_size}, sampling {args.num_images} images with DDIM-{args.sample_steps}")
+    print(
+        f"preset {args.preset}: train batch {args.batch_size}, sampling {args.num_images} images "
+        f"with DDIM-{args.sample_steps}"
+    )
     print(f"{'backend':<12}{'train s/step':>14}{'images/s':>10}{'sample s':>10}")
     for row in rows:
-        print(f"{row['backend']:<12}{row['train_step_s']:>14.3f}{row['train_images_per_s']:>10.1f}{row['sample_s']:>10.2f}")
+        print(
+            f"{row['backend']:<12}{row['train_step_s']:>14.3f}{row['train_images_per_s']:>10.1f}{row['sample_s']:>10.2f}"
+        )
     write_json("bench_core.json", args, rows)
 
 

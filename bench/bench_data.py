@@ -1,6 +1,7 @@
-"""Input-pipeline throughput against what the ddim_celeba64 training step consumes on an H100.
+r"""Input-pipeline throughput against what the ddim_celeba64 training step consumes on an H100.
 
-    KERAS_BACKEND=tensorflow python bench/bench_data.py [--images 2000] [--json bench/bench_data.json]
+    KERAS_BACKEND=tensorflow python bench/bench_data.py \
+        [--images 2000] [--json bench/bench_data.json]
 
 1. Writes `--images` CelebA-like JPEGs (178x218, quality 90, smooth content plus noise, ~8 KB:
    a little more than aligned CelebA's 7.0 KB mean, 1.44 GB / 202,599 files) to a temporary
@@ -48,7 +49,9 @@ def write_jpegs(folder, count, seed=0):
 def time_pipeline(folder, count, cache, batch_size, batches):
     from keras_ddpm import data
 
-    dataset = data.make_dataset(folder, 64, 3, batch_size, crop="celeba", horizontal_flip=True, seed=0, cache=cache)
+    dataset = data.make_dataset(
+        folder, 64, 3, batch_size, crop="celeba", horizontal_flip=True, seed=0, cache=cache
+    )
     iterator = iter(dataset)
     warmup = -(-count // batch_size) + 2 if cache else 3  # a cache fills during the first epoch
     for _ in range(warmup):
@@ -64,9 +67,14 @@ def main():
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--batches", type=int, default=40, help="timed batches per measurement")
-    parser.add_argument("--mfu", type=float, default=0.4, help="assumed fraction of the H100's bf16 peak")
+    parser.add_argument(
+        "--mfu", type=float, default=0.4, help="assumed fraction of the H100's bf16 peak"
+    )
     parser.add_argument("--cores", type=int, default=None, help="pin to this many CPU cores")
-    parser.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_data.json"))
+    parser.add_argument(
+        "--json",
+        default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_data.json"),
+    )
     args = parser.parse_args()
     if args.cores:  # before TensorFlow sizes its thread pools
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cores])
@@ -80,8 +88,11 @@ def main():
         start = time.perf_counter()
         write_jpegs(folder, args.images)
         jpeg_bytes = np.mean([os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)])
-        print(f"wrote {args.images} 178x218 JPEGs, {jpeg_bytes / 1024:.1f} KB each on average "
-              f"(CelebA: {CELEBA_MEAN_JPEG_BYTES / 1024:.1f} KB), in {time.perf_counter() - start:.1f} s")
+        print(
+            f"wrote {args.images} 178x218 JPEGs, {jpeg_bytes / 1024:.1f} KB each on average "
+            f"(CelebA: {CELEBA_MEAN_JPEG_BYTES / 1024:.1f} KB), in "
+            f"{time.perf_counter() - start:.1f} s"
+        )
         uncached = time_pipeline(folder, args.images, None, args.batch_size, args.batches)
         cached = time_pipeline(folder, args.images, "memory", args.batch_size, args.batches)
 
@@ -93,13 +104,22 @@ def main():
     rows = [
         ("pipeline, uncached (decode+crop+resize+flip)", f"{uncached:,.0f} images/s"),
         ("pipeline, cached in memory", f"{cached:,.0f} images/s"),
-        (f"uncached, 16-core host (extrapolated: {H100_HOST_CORES} x per core)", f"{uncached / cores * H100_HOST_CORES:,.0f} images/s"),
+        (
+            f"uncached, 16-core host (extrapolated: {H100_HOST_CORES} x per core)",
+            f"{uncached / cores * H100_HOST_CORES:,.0f} images/s",
+        ),
         ("ddim_celeba64 parameters", f"{network.count_params():,}"),
         ("forward GFLOPs / image (keras_ddpm.flops)", f"{flops / 1e9:.2f}"),
-        (f"H100 training consumption ({args.mfu:.0%} of 989 TFLOP/s, 3x forward)", f"{consumed:,.0f} images/s"),
+        (
+            f"H100 training consumption ({args.mfu:.0%} of 989 TFLOP/s, 3x forward)",
+            f"{consumed:,.0f} images/s",
+        ),
         ("ratio uncached / consumption (target >= 5)", f"{uncached / consumed:.2f}"),
         ("ratio cached / consumption (target >= 5)", f"{cached / consumed:.2f}"),
-        ("ratio uncached 16-core host / consumption (extrapolated)", f"{uncached / cores * H100_HOST_CORES / consumed:.2f}"),
+        (
+            "ratio uncached 16-core host / consumption (extrapolated)",
+            f"{uncached / cores * H100_HOST_CORES / consumed:.2f}",
+        ),
     ]
     width = max(len(name) for name, _ in rows)
     print(f"\nmachine: {cores} CPU cores used, {platform.processor() or platform.machine()}")

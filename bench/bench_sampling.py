@@ -31,10 +31,18 @@ def measure(args):
             options = dict(sampler=sampler, steps=steps, seed=0, compile_loop=compiled)
             first = _seconds(model.generate, args.num_images, **options)
             # --no-warmup: the first call's time (compilation included) is the figure.
-            seconds = first if args.no_warmup else _seconds(model.generate, args.num_images, **options)
-            rows.append({"backend": keras.backend.backend(), "sampler": f"{sampler}-{steps}",
-                         "loop": "compiled" if compiled else "per-step", "seconds": seconds,
-                         "first_call_seconds": first})
+            seconds = (
+                first if args.no_warmup else _seconds(model.generate, args.num_images, **options)
+            )
+            rows.append(
+                {
+                    "backend": keras.backend.backend(),
+                    "sampler": f"{sampler}-{steps}",
+                    "loop": "compiled" if compiled else "per-step",
+                    "seconds": seconds,
+                    "first_call_seconds": first,
+                }
+            )
     return rows
 
 
@@ -45,21 +53,36 @@ def _seconds(fn, *args, **kwargs):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="mnist")
     parser.add_argument("--num-images", type=int, default=64)
-    parser.add_argument("--cases", default="ddim:50,dpm_solver:20", help="sampler:steps, comma-separated")
+    parser.add_argument(
+        "--cases", default="ddim:50,dpm_solver:20", help="sampler:steps, comma-separated"
+    )
     parser.add_argument("--loops", default="per-step,compiled", help="per-step and/or compiled")
-    parser.add_argument("--no-warmup", action="store_true", help="time the first call (compilation included); for long chains")
+    parser.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="time the first call (compilation included); for long chains",
+    )
     parser.add_argument("--json", default="bench_sampling.json", help="file name under bench/")
     args, found = measure_per_backend(parser, __file__, measure)
     rows = [row for backend_rows in found.values() for row in backend_rows]
     print(f"preset {args.preset}: {args.num_images} images")
-    print(f"{'backend':<12}{'sampler':<16}{'per-step s':>12}{'compiled s':>12}{'speed-up':>10}{'1st call s':>12}")
+    print(
+        f"{'backend':<12}{'sampler':<16}{'per-step s':>12}{'compiled s':>12}"
+        f"{'speed-up':>10}{'1st call s':>12}"
+    )
     for backend in dict.fromkeys(r["backend"] for r in rows):
         for sampler in dict.fromkeys(r["sampler"] for r in rows):
-            pair = {r["loop"]: r for r in rows if r["backend"] == backend and r["sampler"] == sampler}
-            a, b = (pair[loop]["seconds"] if loop in pair else None for loop in ("per-step", "compiled"))
+            pair = {
+                r["loop"]: r for r in rows if r["backend"] == backend and r["sampler"] == sampler
+            }
+            a, b = (
+                pair[loop]["seconds"] if loop in pair else None for loop in ("per-step", "compiled")
+            )
             first = pair.get("compiled", next(iter(pair.values())))["first_call_seconds"]
             cells = [f"{v:>12.2f}" if v is not None else f"{'-':>12}" for v in (a, b)]
             ratio = f"{a / b:>9.2f}x" if a and b else f"{'-':>10}"

@@ -1,14 +1,17 @@
-"""Training and inference throughput of `ddpm_cifar10` on each backend beside diffusers (not a test).
+r"""Training and inference throughput of `ddpm_cifar10` on each backend beside diffusers (not a
+test).
 
     pip install -r bench/requirements.txt
     python bench/bench_vs_diffusers.py --batch-size 8
     # on a CUDA GPU (issue 9's setting; the machine lent to us has no TensorFlow):
-    python bench/bench_vs_diffusers.py --batch-size 128 --precision bfloat16 --variants peak,diffusers,torch,jax
+    python bench/bench_vs_diffusers.py --batch-size 128 --precision bfloat16 \
+        --variants peak,diffusers,torch,jax
 
 Runs, each in its own process (a Keras backend is fixed at import; a fresh process also gives
 each its own peak RSS), in one go:
   peak         the machine's matmul peak in the benchmark's precision: the best of repeated torch.mm
-               on 2048x2048 float32 on a CPU, 8192x8192 on a GPU (bf16 there with --precision bfloat16).
+               on 2048x2048 float32 on a CPU, 8192x8192 on a GPU (bf16 there with
+               --precision bfloat16).
   diffusers    `UNet2DModel` with the DDPM CIFAR-10 architecture (35.7M parameters, as ours),
                trained with torch's Adam on the same shapes and the same work per step as ours:
                epsilon MSE at uniform t, gradient clipping to norm 1, Adam, an EMA update
@@ -91,7 +94,11 @@ def measure_peak(args):
         torch.mm(a, b)
         synchronize()
         best = min(best, time.perf_counter() - start)
-    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    name = (
+        torch.cuda.get_device_name()
+        if device == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
     return {"matmul_gflops": 2 * n**3 / best / 1e9, "device": name, "dtype": str(dtype)}
 
 
@@ -100,12 +107,20 @@ def diffusers_unet():
 
     # google/ddpm-cifar10-32's architecture: attention at 16x16 (the second level), one head.
     return UNet2DModel(
-        sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=2,
         block_out_channels=(128, 256, 256, 256),
         down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-        dropout=0.1, norm_num_groups=32, norm_eps=1e-6, downsample_padding=0,
-        flip_sin_to_cos=False, freq_shift=1, attention_head_dim=None,
+        dropout=0.1,
+        norm_num_groups=32,
+        norm_eps=1e-6,
+        downsample_padding=0,
+        flip_sin_to_cos=False,
+        freq_shift=1,
+        attention_head_dim=None,
     )
 
 
@@ -222,17 +237,25 @@ class DiffusersPartner:
         import subprocess
         import sys
 
-        argv = as_argv(args, lambda key: key in ("batch_size", "warmup_steps", "sample_steps", "precision"))
-        self.process = subprocess.Popen([sys.executable, __file__, *argv, "--child", "diffusers-partner"],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        argv = as_argv(
+            args, lambda key: key in ("batch_size", "warmup_steps", "sample_steps", "precision")
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, *argv, "--child", "diffusers-partner"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.answer()  # "ready"
         self.train_seconds, self.sample_seconds = [], []
 
     def answer(self):
         for line in self.process.stdout:
             if line.startswith(PARTNER_PREFIX):
-                return line[len(PARTNER_PREFIX):].strip()
-        raise RuntimeError(f"the diffusers partner process ended (exit status {self.process.wait()})")
+                return line[len(PARTNER_PREFIX) :].strip()
+        raise RuntimeError(
+            f"the diffusers partner process ended (exit status {self.process.wait()})"
+        )
 
     def run(self, what):
         self.process.stdin.write(what + "\n")
@@ -260,13 +283,20 @@ def measure_keras(args):
     images = np.random.default_rng(0).uniform(-1, 1, (args.batch_size, 32, 32, 3)).astype("float32")
     steps = args.warmup_steps + args.train_steps
     # One `fit` call (a second call may build a new iterator and retrace); the clock starts when
-    # the last warm-up step ends. shuffle=False: the batches are copies of one batch, and Keras'
-    # shuffled gather of numpy arrays cost 8 ms a step on the GPU machine (38.4 against 30.2 ms).
+    # the last warm-up step ends. shuffle=False: the batches are copies of one batch, so shuffling
+    # would only add Keras' gather of numpy arrays to every measured step (docs/performance.md).
     partner = DiffusersPartner(args) if args.pair == "yes" else None
     timer = make_step_timer(partner, args.warmup_steps)
-    model.fit(np.repeat(images, steps, axis=0), batch_size=args.batch_size, epochs=1, verbose=0, callbacks=[timer],
-              shuffle=False)
-    train_seconds = timer.seconds[args.warmup_steps - 1:]  # each step from the end of the one before
+    model.fit(
+        np.repeat(images, steps, axis=0),
+        batch_size=args.batch_size,
+        epochs=1,
+        verbose=0,
+        callbacks=[timer],
+        shuffle=False,
+    )
+    # each step from the end of the one before
+    train_seconds = timer.seconds[args.warmup_steps - 1 :]
     rss = peak_rss_mib()
 
     options = dict(sampler="ddim", steps=args.sample_steps, seed=0)
@@ -315,11 +345,16 @@ def make_step_timer(partner=None, warmup_steps=0):
 def paired_row(args, partner, train_seconds, sample_seconds):
     """diffusers' figures measured in turn with a Keras variant's, and the ratios of the pairs."""
     return {
-        "paired_diffusers_train_images_per_s": args.batch_size / statistics.mean(partner.train_seconds),
-        "paired_diffusers_forward_images_per_s": args.batch_size * args.sample_steps / statistics.mean(partner.sample_seconds),
+        "paired_diffusers_train_images_per_s": args.batch_size
+        / statistics.mean(partner.train_seconds),
+        "paired_diffusers_forward_images_per_s": args.batch_size
+        * args.sample_steps
+        / statistics.mean(partner.sample_seconds),
         "paired_train_vs_diffusers": sum(partner.train_seconds) / sum(train_seconds),
         "paired_forward_vs_diffusers": sum(partner.sample_seconds) / sum(sample_seconds),
-        "paired_train_vs_diffusers_steps": [p / s for p, s in zip(partner.train_seconds, train_seconds)],
+        "paired_train_vs_diffusers_steps": [
+            p / s for p, s in zip(partner.train_seconds, train_seconds)
+        ],
     }
 
 
@@ -349,32 +384,55 @@ def count_flops(args):
     import keras_ddpm
     from keras_ddpm.flops import unet_forward_flops
 
-    return {"forward_flops": unet_forward_flops(keras_ddpm.DiffusionModel.from_preset("ddpm_cifar10").network)}
+    return {
+        "forward_flops": unet_forward_flops(
+            keras_ddpm.DiffusionModel.from_preset("ddpm_cifar10").network
+        )
+    }
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--warmup-steps", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=8, help="timed training steps")
-    parser.add_argument("--sample-steps", type=int, default=10, help="DDIM steps of the inference run")
+    parser.add_argument(
+        "--sample-steps", type=int, default=10, help="DDIM steps of the inference run"
+    )
     parser.add_argument("--peak-repeats", type=int, default=20)
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="run the variants this many times, in turn, and report each one's median")
-    parser.add_argument("--sample-repeats", type=int, default=2, help="timed `generate` calls of each Keras variant")
-    parser.add_argument("--pair", choices=["auto", "yes", "no"], default="auto",
-                        help="run diffusers in turn with each Keras variant, step by step (auto: on a CPU)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the variants this many times, in turn, and report each one's median",
+    )
+    parser.add_argument(
+        "--sample-repeats", type=int, default=2, help="timed `generate` calls of each Keras variant"
+    )
+    parser.add_argument(
+        "--pair",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="run diffusers in turn with each Keras variant, step by step (auto: on a CPU)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.warmup_steps < 1 or args.train_steps < 1 or args.sample_repeats < 1:
-        parser.error("--warmup-steps, --train-steps and --sample-repeats must be at least 1 (the first step compiles).")
+        parser.error(
+            "--warmup-steps, --train-steps and --sample-repeats must be at least 1 (the first "
+            "step compiles)."
+        )
     if args.child == "diffusers-partner":
         serve_diffusers(args)
         return
     if args.child:
-        measure = {"flops": count_flops, "peak": measure_peak, "diffusers": measure_diffusers}.get(args.child, measure_keras)
+        measure = {"flops": count_flops, "peak": measure_peak, "diffusers": measure_diffusers}.get(
+            args.child, measure_keras
+        )
         print(json.dumps(measure(args)))
         return
 
@@ -404,13 +462,21 @@ def combine_rounds(rows):
     row = dict(rows[0])
     if len(rows) == 1:
         return row
-    for key in ("train_images_per_s", "forward_images_per_s", "paired_diffusers_train_images_per_s",
-                "paired_diffusers_forward_images_per_s", "paired_train_vs_diffusers", "paired_forward_vs_diffusers"):
+    for key in (
+        "train_images_per_s",
+        "forward_images_per_s",
+        "paired_diffusers_train_images_per_s",
+        "paired_diffusers_forward_images_per_s",
+        "paired_train_vs_diffusers",
+        "paired_forward_vs_diffusers",
+    ):
         if key in row:
             row[key] = statistics.median(r[key] for r in rows)
             row[key + "_rounds"] = [r[key] for r in rows]
     if "paired_train_vs_diffusers_steps" in row:
-        row["paired_train_vs_diffusers_steps"] = [ratio for r in rows for ratio in r["paired_train_vs_diffusers_steps"]]
+        row["paired_train_vs_diffusers_steps"] = [
+            ratio for r in rows for ratio in r["paired_train_vs_diffusers_steps"]
+        ]
     if "matmul_gflops" in row:
         row["matmul_gflops"] = max(r["matmul_gflops"] for r in rows)
     if "peak_rss_mib" in row:
@@ -423,27 +489,52 @@ def report(args, rows):
     machine = rows.pop("peak", {})
     peak = machine.get("matmul_gflops")
     base = rows.get("diffusers")
-    print(f"\nddpm_cifar10 (35.7M parameters), batch {args.batch_size}, {args.precision}; {flops / 1e9:.2f} GFLOPs a forward"
-          f" pass an image, x3 a training step" + (f"; {machine['device']}, matmul peak {peak:.1f} GFLOP/s" if peak else ""))
-    header = f"{'':<16}{'train img/s':>12}{'x diffusers':>12}{'MFU':>7}{'fwd img/s':>11}{'x diffusers':>12}{'MFU':>7}{'peak RSS MiB':>14}"
+    print(
+        f"\nddpm_cifar10 (35.7M parameters), batch {args.batch_size}, {args.precision}; "
+        f"{flops / 1e9:.2f} GFLOPs a forward"
+        f" pass an image, x3 a training step"
+        + (f"; {machine['device']}, matmul peak {peak:.1f} GFLOP/s" if peak else "")
+    )
+    header = (
+        f"{'':<16}{'train img/s':>12}{'x diffusers':>12}{'MFU':>7}"
+        f"{'fwd img/s':>11}{'x diffusers':>12}{'MFU':>7}{'peak RSS MiB':>14}"
+    )
     print(header)
     if any("paired_train_vs_diffusers" in row for row in rows.values()):
-        print("(x diffusers: each backend's ratio to diffusers run step by step in turn with it, in a process of its own)")
+        print(
+            "(x diffusers: each backend's ratio to diffusers run step by step in turn with it, in "
+            "a process of its own)"
+        )
     for name, row in rows.items():
         train, forward = row["train_images_per_s"], row["forward_images_per_s"]
         for key, value in (("train_vs_diffusers", train), ("forward_vs_diffusers", forward)):
-            # Paired: the ratio to diffusers run in turn with this variant. Else to diffusers' own run.
-            row[key] = row.get("paired_" + key) or (value / base[key.replace("vs_diffusers", "images_per_s")] if base else None)
+            # Paired: the ratio to diffusers run in turn with this variant. Else to diffusers' own
+            # run.
+            row[key] = row.get("paired_" + key) or (
+                value / base[key.replace("vs_diffusers", "images_per_s")] if base else None
+            )
         row["train_mfu"] = 3 * flops * train / (peak * 1e9) if peak else None
         row["forward_mfu"] = flops * forward / (peak * 1e9) if peak else None
         fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
-        print(f"{name:<16}{train:>12.2f}{fmt(row['train_vs_diffusers'], '>11.2f')}x{fmt(row['train_mfu'], '>7.0%')}"
-              f"{forward:>11.2f}{fmt(row['forward_vs_diffusers'], '>11.2f')}x{fmt(row['forward_mfu'], '>7.0%')}"
-              f"{row['peak_rss_mib']:>14.0f}")
+        print(
+            f"{name:<16}{train:>12.2f}"
+            f"{fmt(row['train_vs_diffusers'], '>11.2f')}x{fmt(row['train_mfu'], '>7.0%')}"
+            f"{forward:>11.2f}"
+            f"{fmt(row['forward_vs_diffusers'], '>11.2f')}x{fmt(row['forward_mfu'], '>7.0%')}"
+            f"{row['peak_rss_mib']:>14.0f}"
+        )
     import torch  # which file: the CPU figures and a GPU's are kept apart
 
-    write_json("bench_vs_diffusers_cuda.json" if torch.cuda.is_available() else "bench_vs_diffusers.json", args,
-               {"forward_flops": flops, "matmul_peak_gflops": peak, "device": machine.get("device"), "rows": rows})
+    write_json(
+        "bench_vs_diffusers_cuda.json" if torch.cuda.is_available() else "bench_vs_diffusers.json",
+        args,
+        {
+            "forward_flops": flops,
+            "matmul_peak_gflops": peak,
+            "device": machine.get("device"),
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: one child process per Keras backend (a backend is fixed at import)."""
+"""What the benchmark scripts share: one child process per Keras backend (a backend is fixed at
+import)."""
 
 import argparse
 import json
@@ -11,7 +12,8 @@ BACKENDS = ("tensorflow", "torch", "jax")
 
 
 def run_child(script, argv, backend, label):
-    """Runs `python script *argv` with KERAS_BACKEND=backend; returns the JSON its last line printed.
+    """Runs `python script *argv` with KERAS_BACKEND=backend; returns the JSON its last line
+    printed.
 
     A child that fails is reported on stdout (with its stderr's tail) and gives None.
     """
@@ -45,7 +47,8 @@ def measure_per_backend(parser, script, measure):
 
 
 def run_per_backend(script, argv, backends):
-    """Runs `python script --child *argv` under each backend; returns {backend: the JSON its last line printed}.
+    """Runs `python script --child *argv` under each backend; returns {backend: the JSON its
+    last line printed}.
 
     A backend whose child fails is reported on stdout and left out.
     """

@@ -1,8 +1,8 @@
 """Where a GPU training step of `ddpm_cifar10` goes: host time against kernel time (not a test).
 
-    KERAS_BACKEND=jax python bench/profile_gpu_step.py              # Keras' fit, and the bare jitted step
-    KERAS_BACKEND=torch python bench/profile_gpu_step.py            # Keras' fit
-    python bench/profile_gpu_step.py --diffusers                    # diffusers' step (bench_vs_diffusers')
+    KERAS_BACKEND=jax python bench/profile_gpu_step.py    # Keras' fit, and the bare jitted step
+    KERAS_BACKEND=torch python bench/profile_gpu_step.py  # Keras' fit
+    python bench/profile_gpu_step.py --diffusers          # diffusers' step (bench_vs_diffusers')
 
 Batch 128, Keras' "mixed_bfloat16" policy (diffusers: bf16 autocast), as `bench_vs_diffusers.py
 --batch-size 128 --precision bfloat16`. Prints, in ms a step:
@@ -62,8 +62,12 @@ def profile_jax(args):
     step = jax.jit(model.train_step, donate_argnums=0)  # as Keras' JAX trainer jits it
     state = tuple(
         [v.value for v in variables]
-        for variables in (model.trainable_variables, model.non_trainable_variables,
-                          model.optimizer.variables, model.metrics_variables)
+        for variables in (
+            model.trainable_variables,
+            model.non_trainable_variables,
+            model.optimizer.variables,
+            model.metrics_variables,
+        )
     )
     print(f"         {sum(map(len, state))} arrays go into each call", flush=True)
     batch = (jax.device_put(images(args.batch_size)),)
@@ -92,7 +96,9 @@ def profile_jax(args):
         with gzip.open(path) as f:
             trace = json.load(f)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    gpus = {e["pid"] for e in events if e.get("name") == "process_name" and "GPU" in e["args"]["name"]}
+    gpus = {
+        e["pid"] for e in events if e.get("name") == "process_name" and "GPU" in e["args"]["name"]
+    }
     kernels = [e for e in events if e.get("ph") == "X" and e["pid"] in gpus]
     busy = sum(e["dur"] for e in kernels) / TRACED_STEPS / 1e3  # trace times are microseconds
     print(f"kernels: {busy:.1f} ms a step ({len(kernels) // TRACED_STEPS} kernels)", flush=True)
@@ -109,11 +115,16 @@ def print_kernel_table(kernels, rows=15, small_us=10.0):
         count, total = groups.get(kind, (0, 0.0))
         groups[kind] = (count + 1, total + duration)
     small = [duration for _, duration in kernels if duration < small_us]
-    print(f"         {len(small) // TRACED_STEPS} kernels a step ran under {small_us:.0f} us each, "
-          f"{sum(small) / TRACED_STEPS / 1e3:.1f} ms in all")
+    print(
+        f"         {len(small) // TRACED_STEPS} kernels a step ran under {small_us:.0f} us each, "
+        f"{sum(small) / TRACED_STEPS / 1e3:.1f} ms in all"
+    )
     print(f"         {'kernel':<64}{'a step':>8}{'ms a step':>11}{'mean us':>9}")
     for kind, (count, total) in sorted(groups.items(), key=lambda item: -item[1][1])[:rows]:
-        print(f"         {kind[:63]:<64}{count // TRACED_STEPS:>8}{total / TRACED_STEPS / 1e3:>11.2f}{total / count:>9.1f}")
+        print(
+            f"         {kind[:63]:<64}{count // TRACED_STEPS:>8}"
+            f"{total / TRACED_STEPS / 1e3:>11.2f}{total / count:>9.1f}"
+        )
 
 
 def torch_kernels(run):
@@ -131,8 +142,11 @@ def torch_kernels(run):
 
 def print_torch_kernels(run):
     kernels = torch_kernels(run)
-    print(f"kernels: {sum(d for _, d in kernels) / TRACED_STEPS / 1e3:.1f} ms a step ({len(kernels) // TRACED_STEPS} kernels)",
-          flush=True)
+    print(
+        f"kernels: {sum(d for _, d in kernels) / TRACED_STEPS / 1e3:.1f} ms a step "
+        f"({len(kernels) // TRACED_STEPS} kernels)",
+        flush=True,
+    )
     print_kernel_table(kernels)
 
 
@@ -167,15 +181,22 @@ def profile_diffusers(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--diffusers", action="store_true", help="profile diffusers' step instead of ours")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--diffusers", action="store_true", help="profile diffusers' step instead of ours"
+    )
     parser.add_argument("--batch-size", type=int, default=BATCH)
     parser.add_argument("--steps", type=int, default=30, help="timed steps")
     args = parser.parse_args()
     import torch
 
     if not torch.cuda.is_available():
-        sys.exit("profile_gpu_step.py profiles a CUDA GPU, and torch sees none here; bench_vs_diffusers.py measures a CPU.")
+        sys.exit(
+            "profile_gpu_step.py profiles a CUDA GPU, and torch sees none here; "
+            "bench_vs_diffusers.py measures a CPU."
+        )
     if args.diffusers:
         profile_diffusers(args)
         return
@@ -183,7 +204,10 @@ def main():
 
     profilers = {"jax": profile_jax, "torch": profile_torch}
     if keras.backend.backend() not in profilers:
-        sys.exit(f"profile_gpu_step.py profiles KERAS_BACKEND=jax or torch, not {keras.backend.backend()}.")
+        sys.exit(
+            "profile_gpu_step.py profiles KERAS_BACKEND=jax or torch, not "
+            f"{keras.backend.backend()}."
+        )
     profilers[keras.backend.backend()](args)
 
 

@@ -28,7 +28,8 @@ class NonFiniteLossError(RuntimeError):
 
 
 def check_finite(logs, step):
-    """Raises `NonFiniteLossError` when `logs["loss"]` is NaN or inf (the running mean keeps a NaN)."""
+    """Raises `NonFiniteLossError` when `logs["loss"]` is NaN or inf (the running mean keeps a
+    NaN)."""
     loss = float((logs or {}).get("loss", 0.0))
     if not math.isfinite(loss):
         raise NonFiniteLossError(f"The loss became {loss} by step {step}; training stopped.")
@@ -42,7 +43,8 @@ def sync_model_state(model):
 
 
 class StepCallback(keras.callbacks.Callback):
-    """Keeps `self.step`, the global optimizer step after the latest batch (works with steps_per_execution)."""
+    """Keeps `self.step`, the global optimizer step after the latest batch (works with
+    steps_per_execution)."""
 
     def __init__(self):
         super().__init__()
@@ -86,7 +88,10 @@ class MetricsWriter:
                 self.columns.insert(0, "step")
             self.rows = [row for row in read if self._row_step(row) is not None]
             if len(self.rows) != len(read):
-                warnings.warn(f"Skipped {len(read) - len(self.rows)} malformed row(s) of {csv_path} (no integer step, or more fields than its header).")
+                warnings.warn(
+                    f"Skipped {len(read) - len(self.rows)} malformed row(s) of {csv_path} (no "
+                    "integer step, or more fields than its header)."
+                )
             if resume_step is not None:
                 self.rows = [row for row in self.rows if self._row_step(row) <= resume_step]
             if len(self.rows) != len(read):
@@ -103,7 +108,10 @@ class MetricsWriter:
             return None
 
     def write(self, step, values):
-        values = {key: (float(value) if isinstance(value, (np.floating, np.integer)) else value) for key, value in values.items()}
+        values = {
+            key: (float(value) if isinstance(value, (np.floating, np.integer)) else value)
+            for key, value in values.items()
+        }
         new_columns = [key for key in values if key not in self.columns]
         self.columns += new_columns
         if self.rows and int(self.rows[-1]["step"]) == step:
@@ -134,8 +142,14 @@ class MetricsWriter:
             return
         import importlib.util
 
-        if importlib.util.find_spec("tensorboard") is None or importlib.util.find_spec("tensorflow") is None:
-            warnings.warn(f"TensorBoard logging needs tensorflow and tensorboard, so metrics are not logged to {self.log_dir} (metrics.csv has them); `pip install tensorflow tensorboard`.")
+        if (
+            importlib.util.find_spec("tensorboard") is None
+            or importlib.util.find_spec("tensorflow") is None
+        ):
+            warnings.warn(
+                "TensorBoard logging needs tensorflow and tensorboard, so metrics are not logged "
+                f"to {self.log_dir} (metrics.csv has them); `pip install tensorflow tensorboard`."
+            )
             self._writer = False
             return
         import tensorflow as tf  # tf.summary writes TensorBoard event files under any backend
@@ -165,7 +179,9 @@ class MetricsLogger(StepCallback):
     def __init__(self, writer, every_n_steps=100, batch_size=None):
         super().__init__()
         if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be at least 1. Received: every_n_steps={every_n_steps}")
+            raise ValueError(
+                f"every_n_steps must be at least 1. Received: every_n_steps={every_n_steps}"
+            )
         self.writer = writer
         self.every_n_steps = every_n_steps
         self.batch_size = batch_size
@@ -195,13 +211,16 @@ class MetricsLogger(StepCallback):
             "lr": learning_rate_at(self.model.optimizer, self.step - 1),
         }
         if self.batch_size:
-            values["images_per_sec"] = round(self.batch_size * (self.step - last_step) / max(now - last_time, 1e-9), 2)
+            values["images_per_sec"] = round(
+                self.batch_size * (self.step - last_step) / max(now - last_time, 1e-9), 2
+            )
         self.writer.write(self.step, values)
         self._last = (self.step, loss_sum, now)
 
 
 class SampleGrid(StepCallback):
-    """Every `every_n_steps` steps, a grid of EMA samples from fixed x_T to `directory/step_XXXXXXXX.png`.
+    """Every `every_n_steps` steps, a grid of EMA samples from fixed x_T to
+    `directory/step_XXXXXXXX.png`.
 
     The same noise (and labels, 0, 1, ... for class-conditional models) every time, so the
     grids show how the model changes.
@@ -223,9 +242,17 @@ class SampleGrid(StepCallback):
 
     def save(self):
         sync_model_state(self.model)
-        noise = np.random.default_rng(self.seed).standard_normal((self.num_images, *self.model.image_shape)).astype("float32")
-        labels = np.arange(self.num_images) % self.model.num_classes if self.model.num_classes else None
-        samples = self.model.generate(noise=noise, steps=self.steps, seed=self.seed, class_labels=labels)
+        noise = (
+            np.random.default_rng(self.seed)
+            .standard_normal((self.num_images, *self.model.image_shape))
+            .astype("float32")
+        )
+        labels = (
+            np.arange(self.num_images) % self.model.num_classes if self.model.num_classes else None
+        )
+        samples = self.model.generate(
+            noise=noise, steps=self.steps, seed=self.seed, class_labels=labels
+        )
         path = os.path.join(self.directory, f"step_{self.step:08d}.png")
         images_lib.save_image(images_lib.make_grid(samples), path)
         self.paths.append(path)
@@ -285,7 +312,8 @@ class FIDCallback(StepCallback):
         super().__init__()
         if (every_n_steps is None) == (every_n_epochs is None):
             raise ValueError(
-                f"Set exactly one of every_n_steps and every_n_epochs. Received: every_n_steps={every_n_steps}, every_n_epochs={every_n_epochs}"
+                "Set exactly one of every_n_steps and every_n_epochs. Received: "
+                f"every_n_steps={every_n_steps}, every_n_epochs={every_n_epochs}"
             )
         interval = every_n_steps if every_n_steps is not None else every_n_epochs
         if interval < 1:
@@ -322,7 +350,13 @@ class FIDCallback(StepCallback):
         if isinstance(self.reference, (str, os.PathLike)):
             size, _, channels = self.model.image_shape
             self.reference, _ = fid_lib.reference_statistics(
-                os.fspath(self.reference), size, channels, self.num_samples, self.extractor, self.batch_size, self.cache_dir
+                os.fspath(self.reference),
+                size,
+                channels,
+                self.num_samples,
+                self.extractor,
+                self.batch_size,
+                self.cache_dir,
             )
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -339,7 +373,12 @@ class FIDCallback(StepCallback):
         if self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0:
             self.evaluate(logs)
         if logs is not None:
-            logs.update({self.prefix + key: self._epoch_results[key] if self._epoch_results else math.nan for key in FID_KEYS})
+            logs.update(
+                {
+                    self.prefix + key: self._epoch_results[key] if self._epoch_results else math.nan
+                    for key in FID_KEYS
+                }
+            )
 
     def on_train_end(self, logs=None):
         self.writer.close()
@@ -348,9 +387,17 @@ class FIDCallback(StepCallback):
         """Samples, extracts features and compares them with the reference; returns the results."""
         sync_model_state(self.model)
         batches = fid_lib.model_batches(
-            self.model, self.num_samples, self.batch_size, seed=self.seed, sampler=self.sampler, steps=self.steps, eta=self.eta
+            self.model,
+            self.num_samples,
+            self.batch_size,
+            seed=self.seed,
+            sampler=self.sampler,
+            steps=self.steps,
+            eta=self.eta,
         )
-        generated = fid_lib.compute_statistics(batches, self.extractor, self.num_samples, progress=self.verbose > 1)
+        generated = fid_lib.compute_statistics(
+            batches, self.extractor, self.num_samples, progress=self.verbose > 1
+        )
         results = {
             "step": self.step,
             "epoch": self._epoch + 1,
@@ -362,8 +409,10 @@ class FIDCallback(StepCallback):
         self._write(results)
         if self.verbose:
             print(
-                f"\nstep {results['step']}: {self.prefix}FID {results['fid']:.3f} ({results['num_generated']} generated vs "
-                f"{results['num_real']} real images), KID {results['kid']:.5f} +- {results['kid_std']:.5f}"
+                f"\nstep {results['step']}: {self.prefix}FID {results['fid']:.3f} "
+                f"({results['num_generated']} generated vs "
+                f"{results['num_real']} real images), KID {results['kid']:.5f} +- "
+                f"{results['kid_std']:.5f}"
             )
         return results
 

@@ -1,4 +1,5 @@
-"""Atomic, verified, step-numbered training checkpoints in a run directory, its lock, and the callback that saves them.
+"""Atomic, verified, step-numbered training checkpoints in a run directory, its lock, and the
+callback that saves them.
 
 A checkpoint is a full `.keras` file (`model.save`): the config, the trained and EMA
 weights, the optimizer state (its `iterations` is the global step) and the seed-generator
@@ -51,7 +52,8 @@ def _fsync_directory(directory):
 
 
 def find_damage(path):
-    """Why the `.keras` file at `path` is incomplete or damaged (a phrase), or None when it is whole.
+    """Why the `.keras` file at `path` is incomplete or damaged (a phrase), or None when it is
+    whole.
 
     The zip directory is written last, so a truncated file fails to open; `testzip` then
     checks every member's CRC-32, which catches bytes damaged inside an intact directory.
@@ -69,12 +71,14 @@ def find_damage(path):
 
 
 def is_complete(path):
-    """A `.keras` file whose zip directory lists the config and weights and whose every member passes its CRC-32."""
+    """A `.keras` file whose zip directory lists the config and weights and whose every member
+    passes its CRC-32."""
     return find_damage(path) is None
 
 
 def load_first_good(paths, load):
-    """Loads the first of `paths` that is whole and loads: (path, model, skipped), path and model None if none does.
+    """Loads the first of `paths` that is whole and loads: (path, model, skipped), path and
+    model None if none does.
 
     `skipped` is [(path, reason)] for each file passed over. `load(path)` may raise anything
     for a damaged file (zip, h5py and Keras raise many kinds).
@@ -92,7 +96,8 @@ def load_first_good(paths, load):
 
 
 def write_atomically(model, path):
-    """`model.save(path)` under a temporary name in the same folder, fsynced, then renamed: `path` is complete or untouched."""
+    """`model.save(path)` under a temporary name in the same folder, fsynced, then renamed:
+    `path` is complete or untouched."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     temporary = os.path.join(directory, f"{TEMPORARY_PREFIX}{os.getpid()}-{os.path.basename(path)}")
@@ -109,7 +114,8 @@ def write_atomically(model, path):
 
 
 def _writer_is_done(pid):
-    """Whether the writer of a temporary file named with `pid` is this process (whose writes have ended) or gone."""
+    """Whether the writer of a temporary file named with `pid` is this process (whose writes
+    have ended) or gone."""
     if pid == os.getpid():
         return True
     if os.name != "posix":  # Windows' os.kill(pid, 0) would end that process: keep its file
@@ -124,7 +130,8 @@ def _writer_is_done(pid):
 
 
 class CheckpointManager:
-    """`directory/ckpt-<step>.keras` files: atomic `save`, `latest` complete one, keep the newest `keep`."""
+    """`directory/ckpt-<step>.keras` files: atomic `save`, `latest` complete one, keep the
+    newest `keep`."""
 
     def __init__(self, directory, keep=3):
         if keep < 1:
@@ -171,12 +178,15 @@ class CheckpointManager:
         return final
 
     def prune(self, step=None):
-        """Deletes all but the newest `keep` checkpoints up to `step` (all if None), and temporary files of dead writers.
+        """Deletes all but the newest `keep` checkpoints up to `step` (all if None), and
+        temporary files of dead writers.
 
         Checkpoints after `step` stay: a run that resumed before them skipped them as damaged,
         and they must not push its good checkpoints out (it overwrites them on reaching their step).
         """
-        kept = [path for saved_step, path in self.checkpoints() if step is None or saved_step <= step]
+        kept = [
+            path for saved_step, path in self.checkpoints() if step is None or saved_step <= step
+        ]
         for path in kept[: -self.keep]:
             os.remove(path)
         for name in os.listdir(self.directory):
@@ -215,7 +225,8 @@ class RunLock:
                 # A run that wrote nothing (a bad option found after locking) leaves no folder.
                 os.remove(self.path)
                 os.rmdir(self.directory)
-            os.close(self._fd)  # releases the lock; the file stays (deleting it would race a new holder)
+            # releases the lock; the file stays (deleting it would race a new holder)
+            os.close(self._fd)
             self._fd = None
         return False
 
@@ -228,10 +239,16 @@ class RunLock:
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise RunInUseError(f"{self.directory} is in use by another trainer (pid {holder}); wait for it to end or use another run directory.") from None
+            raise RunInUseError(
+                f"{self.directory} is in use by another trainer (pid {holder}); wait for it to "
+                "end or use another run directory."
+            ) from None
         except OSError as error:  # a file system without locks
             os.close(fd)
-            warnings.warn(f"Could not lock {self.path} ({error}); make sure no other trainer uses {self.directory}.")
+            warnings.warn(
+                f"Could not lock {self.path} ({error}); make sure no other trainer uses "
+                f"{self.directory}."
+            )
             return
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
@@ -239,7 +256,8 @@ class RunLock:
 
 
 class Checkpoint(StepCallback):
-    """Saves a checkpoint every `every_n_steps` optimizer steps and when training ends or is stopped.
+    """Saves a checkpoint every `every_n_steps` optimizer steps and when training ends or is
+    stopped.
 
     A NaN or inf loss raises `NonFiniteLossError` instead of saving, so the newest
     checkpoint is always the last good one. `on_save(step, path)` runs after each save.
@@ -248,7 +266,9 @@ class Checkpoint(StepCallback):
     def __init__(self, manager, every_n_steps, on_save=None):
         super().__init__()
         if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be at least 1. Received: every_n_steps={every_n_steps}")
+            raise ValueError(
+                f"every_n_steps must be at least 1. Received: every_n_steps={every_n_steps}"
+            )
         self.manager = manager
         self.every_n_steps = every_n_steps
         self.on_save = on_save

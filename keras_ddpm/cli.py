@@ -39,6 +39,9 @@ def user_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        from keras_ddpm import backend  # here, not in the group: `COMMAND --help` loads no Keras
+
+        backend.configure_xla_cpu()  # before any JAX computation
         try:
             return command(*args, **kwargs)
         except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit):
@@ -164,9 +167,6 @@ def sampling_click_options(**help_texts):
 )
 def cli(show_traceback):
     """Denoising diffusion models (DDPM, DDIM) in Keras 3 on TensorFlow, PyTorch and JAX."""
-    from keras_ddpm import backend
-
-    backend.configure_xla_cpu()
 
 
 def main():

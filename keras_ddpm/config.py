@@ -36,7 +36,9 @@ def _is_whole(value):
 
 def _check_whole(name, value, low, high):
     if not (_is_whole(value) and low <= value <= high):
-        raise ValueError(f"{name} must be a whole number from {low:,} to {high:,}. Received: {name}={value!r}")
+        raise ValueError(
+            f"{name} must be a whole number from {low:,} to {high:,}. Received: {name}={value!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,9 @@ class UNetConfig:
         object.__setattr__(self, "channel_multipliers", tuple(self.channel_multipliers))
         object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
         if self.image_channels not in (1, 3):
-            raise ValueError(f"image_channels must be 1 or 3. Received: image_channels={self.image_channels}")
+            raise ValueError(
+                f"image_channels must be 1 or 3. Received: image_channels={self.image_channels}"
+            )
         if not 1 <= len(self.channel_multipliers) <= MAX_LEVELS:
             raise ValueError(
                 f"channel_multipliers must name 1 to {MAX_LEVELS} levels. "
@@ -65,7 +69,10 @@ class UNetConfig:
             )
         _check_whole("image_size", self.image_size, 1, MAX_IMAGE_SIZE)
         _check_whole("base_channels", self.base_channels, 1, MAX_BASE_CHANNELS)
-        if not all(_is_whole(mult) and 1 <= mult <= MAX_CHANNEL_MULTIPLIER for mult in self.channel_multipliers):
+        if not all(
+            _is_whole(mult) and 1 <= mult <= MAX_CHANNEL_MULTIPLIER
+            for mult in self.channel_multipliers
+        ):
             raise ValueError(
                 f"channel_multipliers must be whole numbers from 1 to {MAX_CHANNEL_MULTIPLIER}. "
                 f"Received: channel_multipliers={self.channel_multipliers}"
@@ -79,7 +86,10 @@ class UNetConfig:
                 f"image_size must be divisible by 2**(levels - 1) = {downsampling}. "
                 f"Received: image_size={self.image_size}"
             )
-        for channels in (self.base_channels, *(self.base_channels * mult for mult in self.channel_multipliers)):
+        for channels in (
+            self.base_channels,
+            *(self.base_channels * mult for mult in self.channel_multipliers),
+        ):
             if channels % self.num_groups:
                 raise ValueError(
                     f"Every level's channels must be divisible by num_groups. "
@@ -90,8 +100,10 @@ class UNetConfig:
         parameters = self.parameter_count()
         if parameters > MAX_PARAMETERS:
             raise ValueError(
-                f"The UNet would have {parameters:,} parameters, more than the limit of {MAX_PARAMETERS:,}. "
-                f"Received: base_channels={self.base_channels}, channel_multipliers={self.channel_multipliers}, "
+                f"The UNet would have {parameters:,} parameters, more than the limit of "
+                f"{MAX_PARAMETERS:,}. "
+                f"Received: base_channels={self.base_channels}, "
+                f"channel_multipliers={self.channel_multipliers}, "
                 f"num_res_blocks={self.num_res_blocks}, num_classes={self.num_classes}"
             )
 
@@ -111,7 +123,14 @@ class UNetConfig:
 
         def res_block(c_in, c_out):  # norm1, conv1, temb_proj, norm2, conv2 (+ nin_shortcut)
             shortcut = conv(c_in, c_out, 1) if c_in != c_out else 0
-            return 2 * c_in + conv(c_in, c_out) + conv(temb, c_out, 1) + 2 * c_out + conv(c_out, c_out) + shortcut
+            return (
+                2 * c_in
+                + conv(c_in, c_out)
+                + conv(temb, c_out, 1)
+                + 2 * c_out
+                + conv(c_out, c_out)
+                + shortcut
+            )
 
         def attention(c):  # norm, q, k, v, proj_out
             return 2 * c + 4 * conv(c, c, 1)
@@ -121,7 +140,9 @@ class UNetConfig:
         channels, skips, last = ch, [ch], len(self.channel_multipliers) - 1
         for level, (mult, size) in enumerate(zip(self.channel_multipliers, self.resolutions)):
             for _ in range(self.num_res_blocks):
-                total += res_block(channels, ch * mult) + (attention(ch * mult) if size in self.attention_resolutions else 0)
+                total += res_block(channels, ch * mult) + (
+                    attention(ch * mult) if size in self.attention_resolutions else 0
+                )
                 channels = ch * mult
                 skips.append(channels)
             if level != last:
@@ -152,14 +173,18 @@ class DiffusionConfig:
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}. Received: schedule={self.schedule!r}")
+            raise ValueError(
+                f"schedule must be one of {SCHEDULES}. Received: schedule={self.schedule!r}"
+            )
         if self.prediction not in PREDICTIONS:
             raise ValueError(
                 f"prediction must be one of {PREDICTIONS}. Received: prediction={self.prediction!r}"
             )
         _check_whole("timesteps", self.timesteps, 2, MAX_TIMESTEPS)
         if not 0.0 <= self.class_dropout < 1.0:
-            raise ValueError(f"class_dropout must be in [0, 1). Received: class_dropout={self.class_dropout}")
+            raise ValueError(
+                f"class_dropout must be in [0, 1). Received: class_dropout={self.class_dropout}"
+            )
 
 
 @dataclass(frozen=True)
@@ -175,26 +200,45 @@ class TrainConfig:
     horizontal_flip: bool = True
     optimizer: str = "adam"  # adam, or adamw (decoupled weight decay)
     weight_decay: float = 0.0  # adamw only
-    lr_schedule: str = "constant"  # after warm-up: constant (DDPM) or cosine decay to 0 at train_steps
-    ema_warmup_power: float = 0.0  # 0: fixed decay; else decay_n = min(ema_decay, 1 - (1 + n)^-power)
+    # after warm-up: constant (DDPM) or cosine decay to 0 at train_steps
+    lr_schedule: str = "constant"
+    # 0: fixed decay; else decay_n = min(ema_decay, 1 - (1 + n)^-power)
+    ema_warmup_power: float = 0.0
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}. Received: optimizer={self.optimizer!r}")
+            raise ValueError(
+                f"optimizer must be one of {OPTIMIZERS}. Received: optimizer={self.optimizer!r}"
+            )
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}. Received: lr_schedule={self.lr_schedule!r}")
+            raise ValueError(
+                f"lr_schedule must be one of {LR_SCHEDULES}. Received: "
+                f"lr_schedule={self.lr_schedule!r}"
+            )
         if self.weight_decay < 0 or (self.weight_decay and self.optimizer != "adamw"):
-            raise ValueError(f"weight_decay must be >= 0 and needs optimizer='adamw'. Received: weight_decay={self.weight_decay}")
+            raise ValueError(
+                "weight_decay must be >= 0 and needs optimizer='adamw'. Received: "
+                f"weight_decay={self.weight_decay}"
+            )
         if self.ema_warmup_power < 0:
-            raise ValueError(f"ema_warmup_power must be >= 0. Received: ema_warmup_power={self.ema_warmup_power}")
+            raise ValueError(
+                f"ema_warmup_power must be >= 0. Received: ema_warmup_power={self.ema_warmup_power}"
+            )
         if self.grad_clip < 0:
-            raise ValueError(f"grad_clip must be >= 0 (0 disables). Received: grad_clip={self.grad_clip}")
+            raise ValueError(
+                f"grad_clip must be >= 0 (0 disables). Received: grad_clip={self.grad_clip}"
+            )
         if self.warmup_steps < 0 or self.train_steps < 1:
-            raise ValueError(f"warmup_steps must be >= 0 and train_steps >= 1. Received: warmup_steps={self.warmup_steps}, train_steps={self.train_steps}")
+            raise ValueError(
+                "warmup_steps must be >= 0 and train_steps >= 1. Received: "
+                f"warmup_steps={self.warmup_steps}, train_steps={self.train_steps}"
+            )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1). Received: ema_decay={self.ema_decay}")
         if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive. Received: learning_rate={self.learning_rate}")
+            raise ValueError(
+                f"learning_rate must be positive. Received: learning_rate={self.learning_rate}"
+            )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be positive. Received: batch_size={self.batch_size}")
 
@@ -218,7 +262,8 @@ class Preset:
             else:
                 raise ValueError(f"Unknown configuration field. Received: {key}={value!r}")
         return dataclasses.replace(
-            self, **{part: dataclasses.replace(getattr(self, part), **kw) for part, kw in parts.items()}
+            self,
+            **{part: dataclasses.replace(getattr(self, part), **kw) for part, kw in parts.items()},
         )
 
     def to_dict(self):
@@ -292,7 +337,9 @@ PRESETS = {
         ),
         Preset(
             name="ddpm_256",
-            description="DDPM's 256x256 model for CelebA-HQ and LSUN (Ho et al. 2020): 114M parameters.",
+            description=(
+                "DDPM's 256x256 model for CelebA-HQ and LSUN (Ho et al. 2020): 114M parameters."
+            ),
             unet=UNetConfig(image_size=256, channel_multipliers=(1, 1, 2, 2, 4, 4), dropout=0.0),
             diffusion=DiffusionConfig(),
             train=TrainConfig(learning_rate=2e-5, batch_size=64),

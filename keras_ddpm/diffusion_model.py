@@ -80,13 +80,21 @@ class DiffusionModel(keras.Model):
         """
         if jit_compile is None:
             jit_compile = backend.default_jit_compile()
-        super().compile(optimizer=optimizer or make_optimizer(self.config.train), jit_compile=jit_compile, **kwargs)
+        super().compile(
+            optimizer=optimizer or make_optimizer(self.config.train),
+            jit_compile=jit_compile,
+            **kwargs,
+        )
         backend.after_compile(self)  # TensorFlow: the optimizer built before the first traced step
 
     def get_compile_config(self):
         if getattr(self, "optimizer", None) is None:  # not compiled
             return None
-        return {"optimizer": _portable_optimizer_config(keras.saving.serialize_keras_object(self.optimizer))}
+        return {
+            "optimizer": _portable_optimizer_config(
+                keras.saving.serialize_keras_object(self.optimizer)
+            )
+        }
 
     def compile_from_config(self, config):
         optimizer_config = _portable_optimizer_config(config["optimizer"])
@@ -101,7 +109,9 @@ class DiffusionModel(keras.Model):
 
     def _gather(self, array, timesteps):
         """Coefficient `array[t]` for each example, shaped to broadcast over (N, H, W, C)."""
-        return ops.take(ops.convert_to_tensor(array.astype(np.float32)), timesteps)[:, None, None, None]
+        return ops.take(ops.convert_to_tensor(array.astype(np.float32)), timesteps)[
+            :, None, None, None
+        ]
 
     def q_sample(self, x_start, timesteps, noise):
         """x_t ~ q(x_t | x_0), DDPM eq. 4: sqrt(a_t) x_0 + sqrt(1 - a_t) eps."""
@@ -113,12 +123,14 @@ class DiffusionModel(keras.Model):
     def compute_diffusion_loss(self, images, labels=None, training=True):
         """L_simple (DDPM eq. 14) generalised to the configured target: E ||target - f(x_t, t)||^2.
 
-        t ~ U{0, ..., T-1}, eps ~ N(0, I); the target is eps, x_0, or v = sqrt(a) eps - sqrt(1 - a) x_0.
+        t ~ U{0, ..., T-1}, eps ~ N(0, I); the target is eps, x_0, or
+        v = sqrt(a) eps - sqrt(1 - a) x_0.
         For class-conditional models the label becomes the null class with probability
         `class_dropout` (classifier-free guidance training). Backend-neutral: randomness
         comes only from `self.seed_generator`.
         """
-        images = ops.cast(images, "float32")  # the schedule math and the loss stay float32 under mixed precision
+        # the schedule math and the loss stay float32 under mixed precision
+        images = ops.cast(images, "float32")
         batch = ops.shape(images)[0]
         replica, replicas = backend.replica_context()
 
@@ -128,17 +140,29 @@ class DiffusionModel(keras.Model):
             # and a step on N devices sees exactly the draws of one device.
             if replicas == 1:
                 return sample((batch, *shape))
-            return ops.take(sample((batch * replicas, *shape)), ops.arange(batch) + replica * batch, axis=0)
+            return ops.take(
+                sample((batch * replicas, *shape)), ops.arange(batch) + replica * batch, axis=0
+            )
 
-        timesteps = draw(lambda s: keras.random.randint(s, 0, self.schedule.timesteps, dtype="int32", seed=self.seed_generator), ())
-        noise = draw(lambda s: keras.random.normal(s, seed=self.seed_generator), ops.shape(images)[1:])
+        timesteps = draw(
+            lambda s: keras.random.randint(
+                s, 0, self.schedule.timesteps, dtype="int32", seed=self.seed_generator
+            ),
+            (),
+        )
+        noise = draw(
+            lambda s: keras.random.normal(s, seed=self.seed_generator), ops.shape(images)[1:]
+        )
         x_t = self.q_sample(images, timesteps, noise)
         inputs = [x_t, timesteps]
         if self.num_classes:
             if labels is None:
                 labels = ops.full((batch,), self.num_classes, dtype="int32")
             labels = ops.cast(ops.reshape(labels, (batch,)), "int32")
-            dropped = draw(lambda s: keras.random.uniform(s, seed=self.seed_generator), ()) < self.config.diffusion.class_dropout
+            dropped = (
+                draw(lambda s: keras.random.uniform(s, seed=self.seed_generator), ())
+                < self.config.diffusion.class_dropout
+            )
             inputs.append(ops.where(dropped, self.num_classes, labels))
         output = ops.cast(self.network(inputs, training=training), "float32")
         prediction = self.config.diffusion.prediction
@@ -189,7 +213,9 @@ class DiffusionModel(keras.Model):
         super().save_own_variables(store)
         states = self._seed_states()
         if states:
-            store["seed_generator_states"] = np.stack([ops.convert_to_numpy(v.value) for v in states])
+            store["seed_generator_states"] = np.stack(
+                [ops.convert_to_numpy(v.value) for v in states]
+            )
 
     def load_own_variables(self, store):
         keys = list(store.keys())
@@ -226,7 +252,11 @@ class DiffusionModel(keras.Model):
                 return network([x_t, timesteps, labels], training=False)
             null = ops.full(ops.shape(labels), self.num_classes, dtype="int32")
             both = network(
-                [ops.concatenate([x_t, x_t]), ops.concatenate([timesteps, timesteps]), ops.concatenate([labels, null])],
+                [
+                    ops.concatenate([x_t, x_t]),
+                    ops.concatenate([timesteps, timesteps]),
+                    ops.concatenate([labels, null]),
+                ],
                 training=False,
             )
             conditional, unconditional = ops.split(both, 2)
@@ -236,20 +266,47 @@ class DiffusionModel(keras.Model):
 
     def _loop_function(self, network, prediction, clip_denoised, guided, whole=True):
         """A compiled `samplers.reverse_steps` over `network`:
-        (x, x0, start, stop, timesteps, coefficients, noises, known, mask, known_noises, labels, guidance)
-        -> (x, x0_hat). `whole`: the loop compiled as one program (XLA on TensorFlow); otherwise
-        the per-step dispatch of a classic loop (for comparison)."""
+        (x, x0, start, stop, timesteps, coefficients, noises, known, mask, known_noises, labels,
+        guidance) -> (x, x0_hat). `whole`: the loop compiled as one program (XLA on TensorFlow);
+        otherwise the per-step dispatch of a classic loop (for comparison)."""
         key = (network.name, prediction, clip_denoised, guided, whole)
         if key not in self._compiled_steps:
             model_fn = self._model_fn(network, guided)
 
-            def loop(x, x0, start, stop, timesteps, coefficients, noises, known, mask, known_noises, labels, guidance):
+            def loop(
+                x,
+                x0,
+                start,
+                stop,
+                timesteps,
+                coefficients,
+                noises,
+                known,
+                mask,
+                known_noises,
+                labels,
+                guidance,
+            ):
                 return samplers.reverse_steps(
-                    model_fn, x, x0, start, stop, timesteps, coefficients, noises, known, mask, known_noises,
-                    context=(labels, guidance), prediction=prediction, clip_denoised=clip_denoised,
+                    model_fn,
+                    x,
+                    x0,
+                    start,
+                    stop,
+                    timesteps,
+                    coefficients,
+                    noises,
+                    known,
+                    mask,
+                    known_noises,
+                    context=(labels, guidance),
+                    prediction=prediction,
+                    clip_denoised=clip_denoised,
                 )
 
-            self._compiled_steps[key] = backend.compile_loop(loop, network.weights, jit_compile=None if whole else False)
+            self._compiled_steps[key] = backend.compile_loop(
+                loop, network.weights, jit_compile=None if whole else False
+            )
         return self._compiled_steps[key]
 
     def _labels_for(self, class_labels, num_images):
@@ -263,10 +320,13 @@ class DiffusionModel(keras.Model):
         if labels.size == 1:
             labels = np.full((num_images,), labels.item())
         if labels.shape != (num_images,):
-            raise ValueError(f"Expected one class label or {num_images}. Received: {labels.size} labels")
+            raise ValueError(
+                f"Expected one class label or {num_images}. Received: {labels.size} labels"
+            )
         if labels.min() < 0 or labels.max() >= self.num_classes:
             raise ValueError(
-                f"Class labels must be in [0, {self.num_classes - 1}]. Received: {sorted(set(labels.tolist()))}"
+                f"Class labels must be in [0, {self.num_classes - 1}]. Received: "
+                f"{sorted(set(labels.tolist()))}"
             )
         return labels.astype(np.int32)
 
@@ -296,7 +356,8 @@ class DiffusionModel(keras.Model):
 
         Args:
             num_images: how many images; may be omitted when `noise` is given.
-            noise: x_T, shape (N, H, W, C) (x_t with `start_timestep`); drawn from `seed` when omitted.
+            noise: x_T, shape (N, H, W, C) (x_t with `start_timestep`); drawn from `seed`
+                when omitted.
             sampler: "ddim", "ddpm" or "dpm_solver" (DPM-Solver++(2M); 20 steps ~ DDIM 50+).
             steps: number of denoising steps (DDPM: a uniform sub-sequence when < T).
             eta: DDIM's eta (0: deterministic; 1: DDPM-like).
@@ -322,16 +383,23 @@ class DiffusionModel(keras.Model):
         Returns:
             A numpy array (N, H, W, C).
         """
-        plan = samplers.make_plan(self.schedule, sampler, steps, eta, skip, variance, start_timestep)
+        plan = samplers.make_plan(
+            self.schedule, sampler, steps, eta, skip, variance, start_timestep
+        )
         seed_generator = backend.seed_generator(seed)
         if noise is None:
             if not num_images or num_images < 1:
-                raise ValueError(f"num_images must be a positive integer. Received: num_images={num_images}")
+                raise ValueError(
+                    f"num_images must be a positive integer. Received: num_images={num_images}"
+                )
             x = keras.random.normal((num_images, *self.image_shape), seed=seed_generator)
         else:
             x = ops.convert_to_tensor(np.asarray(noise, dtype=np.float32))
             if tuple(x.shape[1:]) != self.image_shape or (num_images and x.shape[0] != num_images):
-                raise ValueError(f"noise must have shape (N, {', '.join(map(str, self.image_shape))}). Received: {tuple(x.shape)}")
+                raise ValueError(
+                    f"noise must have shape (N, {', '.join(map(str, self.image_shape))}). "
+                    f"Received: {tuple(x.shape)}"
+                )
             num_images = x.shape[0]
         labels = self._labels_for(class_labels, num_images)
         guided = labels is not None and guidance != 0
@@ -339,22 +407,38 @@ class DiffusionModel(keras.Model):
             labels = ops.convert_to_tensor(labels)
         known = mask = None
         if known_images is not None or known_mask is not None:
-            known = np.broadcast_to(np.asarray(known_images, dtype=np.float32), (num_images, *self.image_shape))
-            mask = np.broadcast_to(np.asarray(known_mask, dtype=np.float32), (num_images, *self.image_shape))
+            known = np.broadcast_to(
+                np.asarray(known_images, dtype=np.float32), (num_images, *self.image_shape)
+            )
+            mask = np.broadcast_to(
+                np.asarray(known_mask, dtype=np.float32), (num_images, *self.image_shape)
+            )
             known, mask = ops.convert_to_tensor(known.copy()), ops.convert_to_tensor(mask.copy())
             t0 = int(plan.timesteps[0])
             start = keras.random.normal(ops.shape(x), seed=seed_generator)
-            noised = self.schedule.sqrt_alphas_cumprod[t0] * known + self.schedule.sqrt_one_minus_alphas_cumprod[t0] * start
+            noised = (
+                self.schedule.sqrt_alphas_cumprod[t0] * known
+                + self.schedule.sqrt_one_minus_alphas_cumprod[t0] * start
+            )
             x = mask * ops.cast(noised, "float32") + (1.0 - mask) * x
         network = self.ema_network if use_ema else self.network
-        loop = self._loop_function(network, self.config.diffusion.prediction, clip_denoised, guided, compile_loop)
+        loop = self._loop_function(
+            network, self.config.diffusion.prediction, clip_denoised, guided, compile_loop
+        )
         guidance = ops.convert_to_tensor(guidance, "float32")
 
         def run(*args):
             return loop(*args, labels, guidance)
 
         x, _ = samplers.run_plan(
-            run, x, plan, seed_generator, callback, callback_steps, known, mask,
+            run,
+            x,
+            plan,
+            seed_generator,
+            callback,
+            callback_steps,
+            known,
+            mask,
             max_steps_per_call=None if compile_loop else 1,
         )
         images = ops.convert_to_numpy(x)
@@ -398,7 +482,8 @@ def load_model(path):
     Raises `FileNotFoundError` when there is no file at `path`, and `ValueError` with one
     sentence when the file is truncated or damaged, or holds some other Keras model.
     """
-    from keras_ddpm.checkpoints import find_damage  # checkpoints imports the callbacks, which import this
+    # checkpoints imports the callbacks, which import this
+    from keras_ddpm.checkpoints import find_damage
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No model file at {path}.")

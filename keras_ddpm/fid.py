@@ -31,7 +31,10 @@ INCEPTION_WEIGHTS_URL = (
 )
 INCEPTION_INPUT_SIZE = 299
 FEATURES_VERSION = 1  # bump when preprocessing changes; it is part of every cache key
-NOTE = "Keras ImageNet InceptionV3 weights: comparable between runs, not equal to the papers' TF-Inception FIDs"
+NOTE = (
+    "Keras ImageNet InceptionV3 weights: comparable between runs, not equal to the papers' "
+    "TF-Inception FIDs"
+)
 
 
 # Features.
@@ -75,7 +78,10 @@ class FeatureExtractor:
         """uint8 (N, H, W, C) -> float32 (N, size, size, 3) in [-1, 1] (Inception's scaling)."""
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
-            raise ValueError(f"Expected uint8 images shaped (N, H, W, 1 or 3). Received: {images.dtype} {images.shape}")
+            raise ValueError(
+                f"Expected uint8 images shaped (N, H, W, 1 or 3). Received: {images.dtype} "
+                f"{images.shape}"
+            )
         x = resize_images(images, self.input_size)
         if x.shape[-1] == 1:
             x = np.repeat(x, 3, axis=-1)
@@ -113,19 +119,27 @@ def inception_v3(weights="imagenet", batch_size=50):
         weights = os.fspath(weights)
         if not os.path.isfile(weights):
             raise FileNotFoundError(
-                f"No Inception weights file at {weights}; download {INCEPTION_WEIGHTS_URL} and pass its path with --inception-weights."
+                f"No Inception weights file at {weights}; download {INCEPTION_WEIGHTS_URL} and "
+                "pass its path with --inception-weights."
             )
     try:
         model = keras.applications.InceptionV3(
-            include_top=False, weights=weights, input_shape=(INCEPTION_INPUT_SIZE, INCEPTION_INPUT_SIZE, 3), pooling="avg"
+            include_top=False,
+            weights=weights,
+            input_shape=(INCEPTION_INPUT_SIZE, INCEPTION_INPUT_SIZE, 3),
+            pooling="avg",
         )
     except Exception as error:  # download and HDF5 errors come in many kinds
         if weights == "imagenet":
             raise ValueError(
-                f"Could not download Keras' InceptionV3 ImageNet weights (offline?): fetch {INCEPTION_WEIGHTS_URL} "
-                "where there is internet and pass the file with --inception-weights PATH (or put it in ~/.keras/models/)."
+                "Could not download Keras' InceptionV3 ImageNet weights (offline?): fetch "
+                f"{INCEPTION_WEIGHTS_URL} "
+                "where there is internet and pass the file with --inception-weights PATH (or put "
+                "it in ~/.keras/models/)."
             ) from None
-        raise ValueError(f"Could not load Inception weights from {weights} ({type(error).__name__}: {error}).") from None
+        raise ValueError(
+            f"Could not load Inception weights from {weights} ({type(error).__name__}: {error})."
+        ) from None
     return FeatureExtractor(model, weights_name(weights), INCEPTION_INPUT_SIZE, batch_size)
 
 
@@ -176,7 +190,9 @@ class FeatureStatistics:
         if self.num_images < 2:
             raise ValueError(f"A covariance needs at least 2 images. Received: {self.num_images}")
         centred_mean = self.sum / self.num_images
-        return (self.outer - self.num_images * np.outer(centred_mean, centred_mean)) / (self.num_images - 1)
+        return (self.outer - self.num_images * np.outer(centred_mean, centred_mean)) / (
+            self.num_images - 1
+        )
 
     @property
     def features(self):
@@ -218,10 +234,19 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     """
     from scipy import linalg
 
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    mu1, mu2 = (
+        np.atleast_1d(np.asarray(mu1, np.float64)),
+        np.atleast_1d(np.asarray(mu2, np.float64)),
+    )
+    sigma1, sigma2 = (
+        np.atleast_2d(np.asarray(sigma1, np.float64)),
+        np.atleast_2d(np.asarray(sigma2, np.float64)),
+    )
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
-        raise ValueError(f"Statistics do not match. Received: means {mu1.shape}, {mu2.shape}; covariances {sigma1.shape}, {sigma2.shape}")
+        raise ValueError(
+            f"Statistics do not match. Received: means {mu1.shape}, {mu2.shape}; covariances "
+            f"{sigma1.shape}, {sigma2.shape}"
+        )
     diff = mu1 - mu2
     covmean = linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
@@ -231,7 +256,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
         if np.isfinite(covmean).all() and np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             covmean = covmean.real
         else:
-            return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * _trace_sqrt_product(sigma1, sigma2))
+            return float(
+                diff @ diff
+                + np.trace(sigma1)
+                + np.trace(sigma2)
+                - 2 * _trace_sqrt_product(sigma1, sigma2)
+            )
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
@@ -252,7 +282,9 @@ def frechet_distance_from_features(features1, features2):
     """
     x, y = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
     if x.ndim != 2 or x.shape[1:] != y.shape[1:] or min(len(x), len(y)) < 2:
-        raise ValueError(f"Expected two (N >= 2, D) feature arrays. Received: {x.shape} and {y.shape}")
+        raise ValueError(
+            f"Expected two (N >= 2, D) feature arrays. Received: {x.shape} and {y.shape}"
+        )
     diff = x.mean(axis=0) - y.mean(axis=0)
     a = (x - x.mean(axis=0)) / np.sqrt(len(x) - 1)
     b = (y - y.mean(axis=0)) / np.sqrt(len(y) - 1)
@@ -260,7 +292,9 @@ def frechet_distance_from_features(features1, features2):
     return float(diff @ diff + np.sum(a * a) + np.sum(b * b) - 2 * trace_sqrt)
 
 
-def kernel_inception_distance(features1, features2, num_subsets=100, subset_size=1000, degree=3, gamma=None, coef0=1.0, seed=0):
+def kernel_inception_distance(
+    features1, features2, num_subsets=100, subset_size=1000, degree=3, gamma=None, coef0=1.0, seed=0
+):
     """KID: mean and standard deviation of the unbiased MMD^2 over random subsets.
 
     Kernel k(x, y) = (gamma x.y + coef0)^degree, gamma = 1/d by default. Each subset draws
@@ -270,7 +304,9 @@ def kernel_inception_distance(features1, features2, num_subsets=100, subset_size
     x, y = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
     m = min(subset_size, len(x), len(y))
     if m < 2:
-        raise ValueError(f"KID needs at least 2 images in each set. Received: {len(x)} and {len(y)}")
+        raise ValueError(
+            f"KID needs at least 2 images in each set. Received: {len(x)} and {len(y)}"
+        )
     gamma = 1.0 / x.shape[1] if gamma is None else gamma
 
     def kernel(u, v):
@@ -298,10 +334,15 @@ def kernel_inception_distance(features1, features2, num_subsets=100, subset_size
 
 def compare(generated, real, kid_subsets=100, kid_subset_size=1000):
     """FID and KID between two `FeatureStatistics`, with both image counts."""
-    kid, kid_std = kernel_inception_distance(generated.features, real.features, kid_subsets, kid_subset_size)
-    complete = generated.num_images == len(generated.kid_features) and real.num_images == len(real.kid_features)
+    kid, kid_std = kernel_inception_distance(
+        generated.features, real.features, kid_subsets, kid_subset_size
+    )
+    complete = generated.num_images == len(generated.kid_features) and real.num_images == len(
+        real.kid_features
+    )
     if complete and min(generated.num_images, real.num_images) <= generated.features.shape[1]:
-        fid = frechet_distance_from_features(generated.features, real.features)  # singular covariances
+        # singular covariances
+        fid = frechet_distance_from_features(generated.features, real.features)
     else:
         fid = frechet_distance(generated.mean, generated.covariance, real.mean, real.covariance)
     return {
@@ -313,7 +354,9 @@ def compare(generated, real, kid_subsets=100, kid_subset_size=1000):
     }
 
 
-def compute_statistics(batches, extractor, num_images=None, progress=False, max_kid_features=10_000):
+def compute_statistics(
+    batches, extractor, num_images=None, progress=False, max_kid_features=10_000
+):
     """Streams uint8 image batches through `extractor` into `FeatureStatistics`."""
     stats = FeatureStatistics(max_kid_features)
     bar = keras.utils.Progbar(num_images, unit_name="image") if progress else None
@@ -335,7 +378,8 @@ def compute_statistics(batches, extractor, num_images=None, progress=False, max_
 
 
 def dataset_batches(name, image_size, image_channels, batch_size, **data_options):
-    """Every image of a dataset or image folder, in order, via `keras_ddpm.data.make_dataset`, as uint8.
+    """Every image of a dataset or image folder, in order, via `keras_ddpm.data.make_dataset`,
+    as uint8.
 
     `data_options` (`data_dir`, `crop`...) go to `make_dataset`, so real images get the
     training preprocessing (crop, resize to the model's size) before Inception's.
@@ -346,8 +390,18 @@ def dataset_batches(name, image_size, image_channels, batch_size, **data_options
     from keras_ddpm.diffusion_model import to_uint8
 
     accepted = inspect.signature(data.make_dataset).parameters
-    options = {"with_labels": False, "shuffle": False, "repeat": False, "drop_remainder": False, "prefetch_to_device": None}
-    options = {key: value for key, value in {**options, **data_options}.items() if key in accepted and value is not None}
+    options = {
+        "with_labels": False,
+        "shuffle": False,
+        "repeat": False,
+        "drop_remainder": False,
+        "prefetch_to_device": None,
+    }
+    options = {
+        key: value
+        for key, value in {**options, **data_options}.items()
+        if key in accepted and value is not None
+    }
     for batch in data.make_dataset(name, image_size, image_channels, batch_size, **options):
         yield to_uint8(keras.ops.convert_to_numpy(batch))
 
@@ -366,7 +420,9 @@ def folder_batches(directory, batch_size, image_size=None, image_channels=None):
         yield np.stack([read_image(p, channels=image_channels, size=image_size) for p in batch])
 
 
-def model_batches(model, num_images, batch_size, save_dir=None, seed=0, class_labels=None, **generate_kwargs):
+def model_batches(
+    model, num_images, batch_size, save_dir=None, seed=0, class_labels=None, **generate_kwargs
+):
     """Samples `num_images` from a `DiffusionModel` in batches (batch i uses seed + i).
 
     Class-conditional models draw labels 0, 1, ..., K-1, 0, ... unless `class_labels` is set.
@@ -394,16 +450,21 @@ def folder_fingerprint(directory):
     digest = hashlib.sha256(os.path.abspath(directory).encode())
     for path in list_images(directory):
         info = os.stat(path)
-        digest.update(f"{os.path.relpath(path, directory)}:{info.st_size}:{info.st_mtime_ns}".encode())
+        digest.update(
+            f"{os.path.relpath(path, directory)}:{info.st_size}:{info.st_mtime_ns}".encode()
+        )
     return digest.hexdigest()[:16]
 
 
 def default_cache_dir():
-    return os.environ.get("KERAS_DDPM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "keras_ddpm", "fid"))
+    return os.environ.get(
+        "KERAS_DDPM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "keras_ddpm", "fid")
+    )
 
 
 def reference_key(source, image_size, image_channels, num_images, extractor, crop="auto"):
-    """What a cached reference depends on: data (name and split, or folder contents), size, count, weights."""
+    """What a cached reference depends on: data (name and split, or folder contents), size,
+    count, weights."""
     if os.path.isdir(source):
         data = {"folder": os.path.abspath(source), "fingerprint": folder_fingerprint(source)}
     else:
@@ -423,16 +484,30 @@ def reference_key(source, image_size, image_channels, num_images, extractor, cro
 
 
 def cache_path(key, cache_dir):
-    label = key.get("dataset", "folder") + "-" + key.get("split", os.path.basename(key.get("folder", "")))
+    label = (
+        key.get("dataset", "folder")
+        + "-"
+        + key.get("split", os.path.basename(key.get("folder", "")))
+    )
     label = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return os.path.join(
-        cache_dir, f"{label}-{key['image_size']}px{key['image_channels']}c-n{key['num_images']}-{digest}.npz"
+        cache_dir,
+        f"{label}-{key['image_size']}px{key['image_channels']}c-n{key['num_images']}-{digest}.npz",
     )
 
 
 def reference_statistics(
-    source, image_size, image_channels, num_images, extractor, batch_size=50, cache_dir=None, progress=False, crop="auto", data_dir=None
+    source,
+    image_size,
+    image_channels,
+    num_images,
+    extractor,
+    batch_size=50,
+    cache_dir=None,
+    progress=False,
+    crop="auto",
+    data_dir=None,
 ):
     """Statistics of real images (a dataset name or an image folder), cached in `cache_dir`.
 
@@ -449,7 +524,9 @@ def reference_statistics(
                 return stats, path
         except (OSError, ValueError, KeyError):
             pass  # unreadable or foreign: computed again and overwritten
-    batches = dataset_batches(source, image_size, image_channels, batch_size, crop=crop, data_dir=data_dir)
+    batches = dataset_batches(
+        source, image_size, image_channels, batch_size, crop=crop, data_dir=data_dir
+    )
     stats = compute_statistics(batches, extractor, num_images, progress)
     if path:
         stats.save(path, key)

@@ -61,7 +61,13 @@ def save_gif(frames, path, frame_ms=80, hold_ms=2000, loop=0):
     images = [to_pil(frame) for frame in frames]
     durations = [frame_ms] * (len(images) - 1) + [hold_ms]
     images[0].save(
-        path, save_all=True, append_images=images[1:], duration=durations, loop=loop, optimize=False, disposal=1
+        path,
+        save_all=True,
+        append_images=images[1:],
+        duration=durations,
+        loop=loop,
+        optimize=False,
+        disposal=1,
     )
     return path
 
@@ -73,7 +79,9 @@ def read_gif(path):
         for index in range(gif.n_frames):
             gif.seek(index)
             durations.append(gif.info.get("duration", 0))
-            frame = np.asarray(gif.convert("L" if gif.mode in ("L", "P") and _is_gray(gif) else "RGB"))
+            frame = np.asarray(
+                gif.convert("L" if gif.mode in ("L", "P") and _is_gray(gif) else "RGB")
+            )
             frames.append(frame[..., None] if frame.ndim == 2 else frame)
     return np.stack(frames), durations
 
@@ -93,7 +101,10 @@ def parse_box(text, image_size):
     except ValueError:
         raise ValueError(f"A mask box is 'x0,y0,x1,y1' in pixels. Received: {text!r}") from None
     if not (0 <= x0 < x1 <= image_size and 0 <= y0 < y1 <= image_size):
-        raise ValueError(f"The mask box {text!r} must lie inside the {image_size}x{image_size} image with x0 < x1, y0 < y1.")
+        raise ValueError(
+            f"The mask box {text!r} must lie inside the {image_size}x{image_size} image with x0 < "
+            "x1, y0 < y1."
+        )
     mask = np.zeros((image_size, image_size, 1), np.float32)
     mask[y0:y1, x0:x1] = 1.0
     return mask

@@ -21,8 +21,12 @@ from keras_ddpm.config import SCHEDULES
 from keras_ddpm.config import get_preset
 from keras_ddpm.sampling_options import CROP_CHOICES
 
-MIXED_PRECISIONS = ("no", "bf16", "fp16")  # `training.set_mixed_precision`
-DISTRIBUTIONS = ("none", "mirrored", "data_parallel")  # `training.distribution_scope`
+# --mixed-precision: Keras' dtype policy of each (`training.set_mixed_precision`).
+MIXED_PRECISION_POLICIES = {"no": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+MIXED_PRECISIONS = tuple(MIXED_PRECISION_POLICIES)
+# --distribute: the backend each needs, None for any (`backend.distribution_scope`).
+DISTRIBUTION_BACKENDS = {"none": None, "mirrored": "tensorflow", "data_parallel": "jax"}
+DISTRIBUTIONS = tuple(DISTRIBUTION_BACKENDS)
 CONFIG_NAME = "config.json"  # the run's options and model configuration, in OUT
 
 

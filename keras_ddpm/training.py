@@ -1,4 +1,5 @@
-"""A training run that survives real use: checkpoints and resume, metrics, samples, Ctrl-C, NaN stop.
+"""A training run that survives real use: checkpoints and resume, metrics, samples, Ctrl-C, NaN
+stop.
 
     result = training.run(RunConfig(preset="mnist", out_dir="runs/mnist"))  # `python cli.py train`
 
@@ -36,21 +37,26 @@ from keras_ddpm.checkpoints import RunLock
 from keras_ddpm.checkpoints import write_atomically
 from keras_ddpm.diffusion_model import DiffusionModel
 from keras_ddpm.run_config import CONFIG_NAME
+from keras_ddpm.run_config import DISTRIBUTIONS  # noqa: F401 (re-exported)
+from keras_ddpm.run_config import MIXED_PRECISION_POLICIES
 from keras_ddpm.saving import load_model_file
 
-MIXED_PRECISION = {"no": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
-DISTRIBUTIONS = tuple(backend.DISTRIBUTIONS)  # "none", "mirrored", "data_parallel"
+MIXED_PRECISION = MIXED_PRECISION_POLICIES
 
 
 def set_mixed_precision(mode):
-    """Sets Keras' global dtype policy: "no" (float32), "bf16" or "fp16" ("mixed_float16" gets loss scaling).
+    """Sets Keras' global dtype policy: "no" (float32), "bf16" or "fp16" ("mixed_float16" gets
+    loss scaling).
 
     Call before building the model. Variables (and so EMA weights and optimizer state) stay
     float32; `DiffusionModel` keeps the schedule math and the loss in float32. Raises ValueError
-    where the backend cannot compute in that dtype on this machine (`backend.compute_dtype_problem`).
+    where the backend cannot compute in that dtype on this machine
+    (`backend.compute_dtype_problem`).
     """
     if mode not in MIXED_PRECISION:
-        raise ValueError(f"mixed precision must be one of {tuple(MIXED_PRECISION)}. Received: {mode!r}")
+        raise ValueError(
+            f"mixed precision must be one of {tuple(MIXED_PRECISION)}. Received: {mode!r}"
+        )
     policy = keras.DTypePolicy(MIXED_PRECISION[mode])
     problem = backend.compute_dtype_problem(policy.compute_dtype)
     if problem:
@@ -64,7 +70,8 @@ def num_replicas(distribute):
 
 
 def distribution_scope(distribute="none"):
-    """Builds, compiles and fits inside this scope to split every global batch across the local devices.
+    """Builds, compiles and fits inside this scope to split every global batch across the local
+    devices.
 
     "mirrored": `tf.distribute.MirroredStrategy` (TensorFlow backend: all GPUs, or all logical
     CPUs). "data_parallel": `keras.distribution.DataParallel` (JAX backend). For several
@@ -74,7 +81,8 @@ def distribution_scope(distribute="none"):
 
 
 class ProgressBar(StepCallback):
-    """One console line: step / total, a bar, loss, images/s and ETA (refreshed at most every `interval` s).
+    """One console line: step / total, a bar, loss, images/s and ETA (refreshed at most every
+    `interval` s).
 
     Keras' `Progbar` estimates the ETA from step 0, so it is wrong for a resumed run.
     """
@@ -109,12 +117,17 @@ class ProgressBar(StepCallback):
     def line(self, loss, now):
         done = self.step / self.total_steps
         bar = "=" * int(20 * done) + ">" + "." * (20 - int(20 * done))
-        text = f"step {self.step}/{self.total_steps} [{bar[:21]}] {100 * done:3.0f}% loss {loss:.4f}"
+        text = (
+            f"step {self.step}/{self.total_steps} [{bar[:21]}] {100 * done:3.0f}% loss {loss:.4f}"
+        )
         first_step, first_time = self._first
         if self.step > first_step:
             rate = (self.step - first_step) / (now - first_time)
             eta = int((self.total_steps - self.step) / rate)
-            text += f" {rate * self.batch_size:.1f} img/s ETA {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}"
+            text += (
+                f" {rate * self.batch_size:.1f} img/s "
+                f"ETA {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}"
+            )
         return text
 
     def on_train_end(self, logs=None):
@@ -137,7 +150,11 @@ class GracefulInterrupt:
         self.signals += 1
         if self.signals > 1:
             raise KeyboardInterrupt
-        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint (again to quit now)", flush=True)
+        print(
+            f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
+            "(again to quit now)",
+            flush=True,
+        )
         self.model.stop_training = True
 
     def __enter__(self):

@@ -13,7 +13,8 @@ for classifier-free guidance) added to the timestep embedding.
 """
 
 import keras
-from keras import layers, ops
+from keras import layers
+from keras import ops
 
 from keras_ddpm.layers import GROUP_NORM_EPSILON
 from keras_ddpm.layers import AttentionBlock
@@ -40,10 +41,14 @@ def build_unet(config, name="unet"):
     if config.num_classes:
         labels = keras.Input((), dtype="int32", name="labels")
         inputs.append(labels)
-        temb = temb + layers.Embedding(config.num_classes + 1, 4 * ch, name="class_embedding")(labels)
+        temb = temb + layers.Embedding(config.num_classes + 1, 4 * ch, name="class_embedding")(
+            labels
+        )
 
     def res_block(x, out_channels, block_name):
-        return ResidualBlock(out_channels, config.num_groups, config.dropout, name=block_name)([x, temb])
+        return ResidualBlock(out_channels, config.num_groups, config.dropout, name=block_name)(
+            [x, temb]
+        )
 
     # Downsampling.
     skips = [Conv2D(ch, 3, padding="same", name="conv_in")(images)]

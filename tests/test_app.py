@@ -33,13 +33,16 @@ from keras_ddpm.images import make_grid
 gradio = pytest.importorskip("gradio")
 from apps import sample_app  # noqa: E402
 
+pytestmark = pytest.mark.once  # the app is backend-free (tests/backend/test_isolation.py)
+
 CHROMIUM = "/usr/bin/chromium"
 STEPS = 4
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    """A class-conditional tiny model with random weights (so different seeds draw different images)."""
+    """A class-conditional tiny model with random weights (so different seeds draw different
+    images)."""
     path = tmp_path_factory.mktemp("models") / "tiny.keras"
     randomize_weights(DiffusionModel(get_preset("tiny").replace(num_classes=10))).save(path)
     return str(path)
@@ -47,26 +50,52 @@ def model_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(model_path, tmp_path_factory):
-    registry = sample_app.ModelRegistry([model_path], saved_models=str(tmp_path_factory.mktemp("empty")))
-    return sample_app.SamplingApp(registry, max_images=64, work_dir=str(tmp_path_factory.mktemp("results")))
+    registry = sample_app.ModelRegistry(
+        [model_path], saved_models=str(tmp_path_factory.mktemp("empty"))
+    )
+    return sample_app.SamplingApp(
+        registry, max_images=64, work_dir=str(tmp_path_factory.mktemp("results"))
+    )
 
 
 def form(path, **values):
     """The form's values in `SamplingApp.sample`'s order (the UI's defaults, then `values`)."""
     defaults = dict(
-        model_path=path, mode="normal", sampler="ddim", steps=STEPS, eta=0.0, guidance=0.0, class_label=sample_app.ALL_CLASSES,
-        seed=0.0, num_images=10.0, n_frames=20.0, upload1=None, index1=0.0, upload2=None, index2=1.0, interpolate_at="",
-        n_points=10.0, space="pixel", coarse_timesteps="", mask="",
-    )  # fmt: skip
+        model_path=path,
+        mode="normal",
+        sampler="ddim",
+        steps=STEPS,
+        eta=0.0,
+        guidance=0.0,
+        class_label=sample_app.ALL_CLASSES,
+        seed=0.0,
+        num_images=10.0,
+        n_frames=20.0,
+        upload1=None,
+        index1=0.0,
+        upload2=None,
+        index2=1.0,
+        interpolate_at="",
+        n_points=10.0,
+        space="pixel",
+        coarse_timesteps="",
+        mask="",
+    )
     return {**defaults, **values}
 
 
 def test_result_is_what_its_cli_command_draws(app, model_path, tmp_path, monkeypatch):
     reported = []
-    grid, gif, files, settings, command = app.sample(**form(model_path, seed=7.0, num_images=6.0, class_label="3"),
-                                                     progress=lambda value, **_: reported.append(value))  # fmt: skip
+    grid, gif, files, settings, command = app.sample(
+        **form(model_path, seed=7.0, num_images=6.0, class_label="3"),
+        progress=lambda value, **_: reported.append(value),
+    )
     assert reported == [(step, STEPS) for step in range(STEPS + 1)]  # every denoising step
-    assert gif is None and [os.path.basename(f) for f in files] == ["samples.png", "tiles.zip", "settings.json"]
+    assert gif is None and [os.path.basename(f) for f in files] == [
+        "samples.png",
+        "tiles.zip",
+        "settings.json",
+    ]
     assert '"seed": 7' in settings and '"class_label": 3' in settings
     pixels = np.asarray(Image.open(grid))
     assert pixels.shape == make_grid(np.zeros((6, 16, 16, 1), np.uint8)).shape[:2]  # 3 x 2 tiles
@@ -127,17 +156,30 @@ def test_commands_name_the_modes_options(app, model_path):
     from keras_ddpm.cli import cli
 
     model = app.registry.load(model_path)
-    request = sample_request.SampleRequest(mode="coarse_to_fine", steps=5, seed=3, batch_size=4, coarse_timesteps=(50, 10), n_points=3)
+    request = sample_request.SampleRequest(
+        mode="coarse_to_fine", steps=5, seed=3, batch_size=4, coarse_timesteps=(50, 10), n_points=3
+    )
     assert request.resolve(model).command("m.keras", "out.png") == (
-        "python cli.py sample --model m.keras --mode coarse_to_fine --sampler ddpm --steps 5 --seed 3 --batch-size 4 "
+        "python cli.py sample --model m.keras --mode coarse_to_fine --sampler ddpm --steps 5 "
+        "--seed 3 --batch-size 4 "
         "--coarse-timesteps 50,10 --save-path out.png"
     )
-    extra = {"interpolation": dict(image_idx2=4, interpolate_at=20, interpolation_space="latent"), "inpainting": dict(mask="0,0,8,8")}
+    extra = {
+        "interpolation": dict(image_idx2=4, interpolate_at=20, interpolation_space="latent"),
+        "inpainting": dict(mask="0,0,8,8"),
+    }
     for mode in sampling_options.MODES:
-        request = sample_request.SampleRequest(mode=mode, eta=0.5, guidance=1.5, class_label=2, n_frames=3, **extra.get(mode, {}))
+        request = sample_request.SampleRequest(
+            mode=mode, eta=0.5, guidance=1.5, class_label=2, n_frames=3, **extra.get(mode, {})
+        )
         args = shlex.split(request.resolve(model).command("m.keras", "out.png"))
-        context = cli.commands["sample"].make_context("sample", args[3:])  # parses every option, runs nothing
-        assert context.params["mode"] == mode and context.params["class_label"] == 2 and context.params["eta"] == 0.5
+        # parses every option, runs nothing
+        context = cli.commands["sample"].make_context("sample", args[3:])
+        assert (
+            context.params["mode"] == mode
+            and context.params["class_label"] == 2
+            and context.params["eta"] == 0.5
+        )
 
 
 @pytest.mark.parametrize(
@@ -163,22 +205,47 @@ def test_requests_over_the_limits_are_refused_before_sampling(app, model_path, m
 
     monkeypatch.setattr(sample_request, "real_images", sampled)
     monkeypatch.setattr(sample_request, "run", sampled)
-    many_rows = dict(mode="coarse_to_fine", sampler="ddpm", num_images=64.0, coarse_timesteps=",".join(["50"] * 5000))
-    with pytest.raises(ValueError, match=r"^The number of coarse-to-fine timesteps must be a whole number from 1 to 64\. Received: 5000$"):
+    many_rows = dict(
+        mode="coarse_to_fine",
+        sampler="ddpm",
+        num_images=64.0,
+        coarse_timesteps=",".join(["50"] * 5000),
+    )
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"^The number of coarse-to-fine timesteps must be a whole number from 1 to 64\. "
+            r"Received: 5000$"
+        ),
+    ):
         app.sample(**form(model_path, **many_rows))
     # 3 rows x 64 images x 100 DDPM steps, each row from t = 99: 19,200 evaluations.
     long_rows = dict(many_rows, coarse_timesteps="99,99,99", steps=100.0)
-    with pytest.raises(ValueError, match=r"at most 16,000 network evaluations .* Received: 19,200 evaluations$"):
+    with pytest.raises(
+        ValueError, match=r"at most 16,000 network evaluations .* Received: 19,200 evaluations$"
+    ):
         app.sample(**form(model_path, **long_rows))
-    assert app.preview(*form(model_path, **long_rows).values()).startswith("# One request may cost at most 16,000 network evaluations")
+    assert app.preview(*form(model_path, **long_rows).values()).startswith(
+        "# One request may cost at most 16,000 network evaluations"
+    )
     assert sample_app.parse_args([]).max_evaluations == sample_app.MAX_EVALUATIONS == 16_000
     # The CLI's defaults (`resolve(model)`): the same row limit, and 10 million evaluations.
     model = app.registry.load(model_path)
-    with pytest.raises(ValueError, match="coarse-to-fine timesteps must be a whole number from 1 to 64. Received: 5000"):
-        sample_request.SampleRequest(mode="coarse_to_fine", coarse_timesteps=(50,) * 5000).resolve(model)
-    rows = sample_request.SampleRequest(mode="coarse_to_fine", batch_size=1024, coarse_timesteps=(99,) * 64, steps=100)
+    with pytest.raises(
+        ValueError,
+        match="coarse-to-fine timesteps must be a whole number from 1 to 64. Received: 5000",
+    ):
+        sample_request.SampleRequest(mode="coarse_to_fine", coarse_timesteps=(50,) * 5000).resolve(
+            model
+        )
+    rows = sample_request.SampleRequest(
+        mode="coarse_to_fine", batch_size=1024, coarse_timesteps=(99,) * 64, steps=100
+    )
     assert rows.resolve(model).network_evaluations(model) == 1024 * 64 * 100  # 6.6 million: allowed
-    with pytest.raises(ValueError, match=r"at most 10,000,000 network evaluations .* Received: 13,107,200 evaluations$"):
+    with pytest.raises(
+        ValueError,
+        match=r"at most 10,000,000 network evaluations .* Received: 13,107,200 evaluations$",
+    ):
         dataclasses.replace(rows, guidance=1.0).resolve(model)
 
 
@@ -193,11 +260,28 @@ class CountingModel:
     def __getattr__(self, name):
         return getattr(self._model, name)
 
-    def generate(self, num_images=None, noise=None, callback=None, callback_steps=None, sampler="ddim", steps=50, eta=0.0,
-                 skip=None, variance="fixed_small", start_timestep=None, guidance=0.0, class_labels=None, **_):  # fmt: skip
-        plan = samplers.make_plan(self._model.schedule, sampler, steps, eta, skip, variance, start_timestep)
+    def generate(
+        self,
+        num_images=None,
+        noise=None,
+        callback=None,
+        callback_steps=None,
+        sampler="ddim",
+        steps=50,
+        eta=0.0,
+        skip=None,
+        variance="fixed_small",
+        start_timestep=None,
+        guidance=0.0,
+        class_labels=None,
+        **_,
+    ):
+        plan = samplers.make_plan(
+            self._model.schedule, sampler, steps, eta, skip, variance, start_timestep
+        )
         count = len(noise) if noise is not None else num_images
-        guided = self._model._labels_for(class_labels, count) is not None and guidance != 0  # as `generate` decides
+        # as `generate` decides
+        guided = self._model._labels_for(class_labels, count) is not None and guidance != 0
         self.evaluations += count * len(plan) * (2 if guided else 1)
         x = np.zeros((count, *self._model.image_shape), np.float32)
         for step, t in enumerate(plan.timesteps):
@@ -206,7 +290,9 @@ class CountingModel:
         return to_uint8(x)
 
     def invert(self, images, steps=50, skip="uniform", **_):
-        self.evaluations += len(images) * len(samplers.ddim_inversion_plan(self._model.schedule, steps, skip))
+        self.evaluations += len(images) * len(
+            samplers.ddim_inversion_plan(self._model.schedule, steps, skip)
+        )
         return np.asarray(images)
 
 
@@ -218,9 +304,13 @@ class CountingModel:
         dict(mode="denoising_process", sampler="dpm_solver", steps=6, batch_size=3, n_frames=4),
         dict(mode="sequence", sampler="ddpm", steps=9, batch_size=2, n_frames=3),
         dict(mode="interpolation", steps=10, n_points=4, interpolate_at=30, guidance=1.0),
-        dict(mode="interpolation", steps=10, n_points=4, interpolation_space="latent", guidance=1.0),
+        dict(
+            mode="interpolation", steps=10, n_points=4, interpolation_space="latent", guidance=1.0
+        ),
         dict(mode="coarse_to_fine", steps=20, batch_size=3, coarse_timesteps=(99, 60, 7)),
-        dict(mode="coarse_to_fine", sampler="ddim", eta=1.0, skip="quadratic", steps=8, batch_size=2),
+        dict(
+            mode="coarse_to_fine", sampler="ddim", eta=1.0, skip="quadratic", steps=8, batch_size=2
+        ),
         dict(mode="inpainting", steps=5, batch_size=3, guidance=2.0, class_label=1),
     ],
 )
@@ -238,11 +328,15 @@ def test_preview_answers_while_the_longest_allowed_request_runs(app, model_path,
     # A cap of 6 images x 25 steps (6 of class 3, as the first test draws): the longest request it
     # allows runs in a thread while the command preview (the form's light handler, unqueued in the
     # app) is timed.
-    capped = sample_app.SamplingApp(app.registry, max_images=6, max_evaluations=6 * 25, work_dir=str(tmp_path))
+    capped = sample_app.SamplingApp(
+        app.registry, max_images=6, max_evaluations=6 * 25, work_dir=str(tmp_path)
+    )
     longest = form(model_path, num_images=6.0, class_label="3", steps=25.0)
     model, request, _ = capped.request(*longest.values())
     assert request.network_evaluations(model) == capped.max_evaluations
-    with pytest.raises(ValueError, match=r"at most 150 network evaluations .* Received: 156 evaluations$"):
+    with pytest.raises(
+        ValueError, match=r"at most 150 network evaluations .* Received: 156 evaluations$"
+    ):
         capped.request(*form(model_path, num_images=6.0, steps=26.0).values())
     reported, running, errors = [], threading.Event(), []
 
@@ -273,12 +367,17 @@ def test_preview_answers_while_the_longest_allowed_request_runs(app, model_path,
 
 
 def browser_values(demo, event):
-    """The values the page sends for `event`'s inputs as it loads: each field's initial value, except
-    that Gradio's number field shows and sends 0 for a blank (None) one (its frontend: `value ??= 0`)."""
+    """The values the page sends for `event`'s inputs as it loads: each field's initial value,
+    except that Gradio's number field shows and sends 0 for a blank (None) one (its frontend:
+    `value ??= 0`)."""
     (function,) = [f for f in demo.fns.values() if f.name == event]
     values = {}
     for component in function.inputs:
-        value = 0 if isinstance(component, gradio.Number) and component.value is None else component.value
+        value = (
+            0
+            if isinstance(component, gradio.Number) and component.value is None
+            else component.value
+        )
         values[component.elem_id] = component.preprocess(value) if value is not None else None
     return values
 
@@ -286,12 +385,17 @@ def browser_values(demo, event):
 def test_interpolation_starts_at_half_T_not_0(app, model_path):
     demo = sample_app.build_ui(app)
     values = browser_values(demo, "sample")
-    assert values["interpolate_at"] in ("", None)  # blank: T/2, a diffusion interpolation (0 is a cross-fade)
+    # blank: T/2, a diffusion interpolation (0 is a cross-fade)
+    assert values["interpolate_at"] in ("", None)
     values.update(mode="interpolation", model=model_path)
     _, request, _ = app.request(*values.values())
-    assert request.interpolate_at is None and "--interpolate-at" not in app.preview(*values.values())
+    assert request.interpolate_at is None and "--interpolate-at" not in app.preview(
+        *values.values()
+    )
     assert "--interpolate-at 30" in app.preview(*dict(values, interpolate_at=" 30 ").values())
-    assert app.preview(*dict(values, interpolate_at="half").values()).startswith("# The interpolation timestep must be a whole number")
+    assert app.preview(*dict(values, interpolate_at="half").values()).startswith(
+        "# The interpolation timestep must be a whole number"
+    )
 
 
 def test_a_port_in_use_gives_one_sentence_naming_port(model_path):
@@ -311,7 +415,9 @@ def test_a_port_in_use_gives_one_sentence_naming_port(model_path):
 
 def test_model_load_errors_give_one_sentence(model_path, monkeypatch):
     def refuse(path):
-        raise ValueError(f"{os.path.basename(path)} is not a keras_ddpm model.\nIt holds a keras.Sequential.")
+        raise ValueError(
+            f"{os.path.basename(path)} is not a keras_ddpm model.\nIt holds a keras.Sequential."
+        )
 
     # As keras_ddpm.load_model does for a foreign .keras file.
     monkeypatch.setattr(diffusion_model, "load_model", refuse)
@@ -319,7 +425,11 @@ def test_model_load_errors_give_one_sentence(model_path, monkeypatch):
         demo, _ = sample_app.main(["--model", model_path, "--port", str(free_port())], block=False)
         demo.close()  # not reached unless the app served the model
     message = exited.value.code
-    assert isinstance(message, str) and "tiny.keras is not a keras_ddpm model." in message and "\n" not in message
+    assert (
+        isinstance(message, str)
+        and "tiny.keras is not a keras_ddpm model." in message
+        and "\n" not in message
+    )
 
 
 def test_uploads_are_converted_like_the_data_pipeline(app, model_path, tmp_path):
@@ -328,14 +438,23 @@ def test_uploads_are_converted_like_the_data_pipeline(app, model_path, tmp_path)
     rgba = np.random.default_rng(0).integers(0, 256, (30, 44, 4), dtype=np.uint8)
     Image.fromarray(rgba, "RGBA").save(folder / "a.png")
     (pipeline,) = sampling_modes.load_real_images(str(folder), [0], 16, 1)
-    np.testing.assert_array_equal(sample_request.load_image_file(str(folder / "a.png"), 16, 1), pipeline)
+    np.testing.assert_array_equal(
+        sample_request.load_image_file(str(folder / "a.png"), 16, 1), pipeline
+    )
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with pytest.raises(ValueError, match="Could not read broken.png as an image"):
         app.sample(**form(model_path, mode="inpainting", upload1=str(broken)))
-    grid, _, _, settings, command = app.sample(**form(model_path, mode="interpolation", upload1=str(folder / "a.png"), n_points=3.0))
-    assert np.asarray(Image.open(grid)).shape == make_grid(np.zeros((5, 16, 16, 1), np.uint8), ncols=5).shape[:2]
-    assert '"uploads": [\n    true,\n    false\n  ]' in settings and "--dataset UPLOADS_DIR" in command
+    grid, _, _, settings, command = app.sample(
+        **form(model_path, mode="interpolation", upload1=str(folder / "a.png"), n_points=3.0)
+    )
+    assert (
+        np.asarray(Image.open(grid)).shape
+        == make_grid(np.zeros((5, 16, 16, 1), np.uint8), ncols=5).shape[:2]
+    )
+    assert (
+        '"uploads": [\n    true,\n    false\n  ]' in settings and "--dataset UPLOADS_DIR" in command
+    )
 
 
 def test_registry_lists_only_given_and_shipped_models(model_path, tmp_path):
@@ -344,7 +463,10 @@ def test_registry_lists_only_given_and_shipped_models(model_path, tmp_path):
     shutil.copy(model_path, shipped / "shipped.keras")
     (tmp_path / "other.keras").write_bytes(b"not loaded")
     registry = sample_app.ModelRegistry([model_path], saved_models=str(shipped))
-    assert registry.paths == [os.path.realpath(model_path), os.path.realpath(shipped / "shipped.keras")]
+    assert registry.paths == [
+        os.path.realpath(model_path),
+        os.path.realpath(shipped / "shipped.keras"),
+    ]
     assert registry.describe(registry.paths[1])["classes"] == 10
     for path in (str(tmp_path / "other.keras"), str(shipped / ".." / "other.keras"), None):
         with pytest.raises(ValueError, match="Choose one of the listed models"):
@@ -360,14 +482,21 @@ def free_port():
 
 
 def grid_pixels(page, previous_src=None):
-    """Waits for the Samples image (a new one when `previous_src` is given): (src, pixels, natural size)."""
+    """Waits for the Samples image (a new one when `previous_src` is given): (src, pixels,
+    natural size)."""
     page.wait_for_function(
-        "prev => { const i = document.querySelector('#grid img'); return i && i.complete && i.naturalWidth > 0 && i.src !== prev; }",
-        arg=previous_src, timeout=120_000,
-    )  # fmt: skip
-    page.locator('#grid [data-testid="status-tracker"].hide').wait_for(state="attached")  # the event is over
+        "prev => { const i = document.querySelector('#grid img'); return i && i.complete && "
+        "i.naturalWidth > 0 && i.src !== prev; }",
+        arg=previous_src,
+        timeout=120_000,
+    )
+    # the event is over
+    page.locator('#grid [data-testid="status-tracker"].hide').wait_for(state="attached")
     src = page.locator("#grid img").get_attribute("src")
-    size = page.evaluate("() => { const i = document.querySelector('#grid img'); return [i.naturalWidth, i.naturalHeight]; }")
+    size = page.evaluate(
+        "() => { const i = document.querySelector('#grid img'); return [i.naturalWidth, "
+        "i.naturalHeight]; }"
+    )
     body = page.request.get(src).body()
     path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"grid_{time.monotonic_ns()}.png")
     with open(path, "wb") as f:
@@ -381,7 +510,9 @@ def set_number(page, elem_id, value):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (`apt-get install chromium`)")
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason="needs Debian's chromium (`apt-get install chromium`)"
+)
 def test_app_in_a_real_browser(model_path, tmp_path, monkeypatch):
     sync_api = pytest.importorskip("playwright.sync_api")
     hold, release, sample = threading.Event(), threading.Event(), sample_app.SamplingApp.sample
@@ -395,14 +526,22 @@ def test_app_in_a_real_browser(model_path, tmp_path, monkeypatch):
         return sample(self, *values, progress=report)
 
     monkeypatch.setattr(sample_app.SamplingApp, "sample", held_sample)
-    demo, url = sample_app.main(["--model", model_path, "--port", str(free_port()), "--max-images", "64"], block=False)
+    demo, url = sample_app.main(
+        ["--model", model_path, "--port", str(free_port()), "--max-images", "64"], block=False
+    )
     try:
         with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.goto(url)
             page.locator("#generate").wait_for()
-            assert "tiny.keras" in page.locator("#models").inner_text() and "177,553" in page.locator("#models").inner_text()
+            assert (
+                "tiny.keras" in page.locator("#models").inner_text()
+                and "177,553" in page.locator("#models").inner_text()
+            )
             set_number(page, "steps", STEPS)
             set_number(page, "num_images", 10)
             set_number(page, "seed", 1)
@@ -436,7 +575,9 @@ def test_app_in_a_real_browser(model_path, tmp_path, monkeypatch):
             other = browser.new_page()
             other.goto(url)
             other.locator("#random_seed").click()
-            other.wait_for_function("() => document.querySelector('#seed input').value !== '0'", timeout=10_000)
+            other.wait_for_function(
+                "() => document.querySelector('#seed input').value !== '0'", timeout=10_000
+            )
             assert progress.is_visible() and page.locator("#grid img").get_attribute("src") == src3
             release.set()
             _, held, _ = grid_pixels(page, src3)  # the run finishes (a new seed: a new image)
@@ -444,7 +585,9 @@ def test_app_in_a_real_browser(model_path, tmp_path, monkeypatch):
 
             set_number(page, "steps", 0)
             page.locator("#generate").click()
-            page.get_by_text("Steps must be a whole number from 1 to 100").first.wait_for(timeout=30_000)
+            page.get_by_text("Steps must be a whole number from 1 to 100").first.wait_for(
+                timeout=30_000
+            )
             assert "Traceback" not in page.content()
             browser.close()
     finally:

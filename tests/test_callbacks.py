@@ -21,7 +21,11 @@ def tiny_extractor(batch_size=4):
     """A cheap stand-in for InceptionV3 with the same interface (32x32 input, 8-d features)."""
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
-        [keras.Input((32, 32, 3)), keras.layers.Conv2D(8, 3, strides=2, activation="relu"), keras.layers.GlobalAveragePooling2D()]
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+        ]
     )
     return fid.FeatureExtractor(model, "tiny-test", input_size=32, batch_size=batch_size)
 
@@ -30,7 +34,9 @@ def write_images(directory, count, size=16):
     os.makedirs(directory, exist_ok=True)
     rng = np.random.default_rng(0)
     for i in range(count):
-        Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(os.path.join(directory, f"{i:03d}.png"))
+        Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(
+            os.path.join(directory, f"{i:03d}.png")
+        )
     return directory
 
 
@@ -52,38 +58,79 @@ def inception_weights(tmp_path_factory):
 
 @pytest.mark.once
 @pytest.mark.slow
-def test_fid_during_fit_goes_into_history_csv_and_tensorboard(reference, inception_weights, tiny_images, tmp_path):
+def test_fid_during_fit_goes_into_history_csv_and_tensorboard(
+    reference, inception_weights, tiny_images, tmp_path
+):
     extractor, real = reference
     every_epoch = FIDCallback(
-        real, num_samples=4, every_n_epochs=1, extractor=extractor, steps=2, batch_size=4, kid_subsets=2,
-        csv_path=str(tmp_path / "metrics.csv"), log_dir=str(tmp_path / "logs"), verbose=0,
-    )  # fmt: skip
-    # The default path: InceptionV3 built from a weights file and a folder's statistics, both when training begins.
+        real,
+        num_samples=4,
+        every_n_epochs=1,
+        extractor=extractor,
+        steps=2,
+        batch_size=4,
+        kid_subsets=2,
+        csv_path=str(tmp_path / "metrics.csv"),
+        log_dir=str(tmp_path / "logs"),
+        verbose=0,
+    )
+    # The default path: InceptionV3 built from a weights file and a folder's statistics, both when
+    # training begins.
     every_3_steps = FIDCallback(
-        write_images(str(tmp_path / "real"), 4), num_samples=4, every_n_steps=3, inception_weights=inception_weights,
-        steps=2, batch_size=4, kid_subsets=2, cache_dir=str(tmp_path / "cache"), prefix="inception_", verbose=0,
-    )  # fmt: skip
+        write_images(str(tmp_path / "real"), 4),
+        num_samples=4,
+        every_n_steps=3,
+        inception_weights=inception_weights,
+        steps=2,
+        batch_size=4,
+        kid_subsets=2,
+        cache_dir=str(tmp_path / "cache"),
+        prefix="inception_",
+        verbose=0,
+    )
     model = DiffusionModel.from_preset("tiny", seed=0)
     model.compile()
-    with pytest.warns(UserWarning, match="TensorBoard") if importlib.util.find_spec("tensorboard") is None else contextlib.nullcontext():
-        history = model.fit(tiny_images[:16], batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[every_epoch, every_3_steps])
+    with (
+        pytest.warns(UserWarning, match="TensorBoard")
+        if importlib.util.find_spec("tensorboard") is None
+        else contextlib.nullcontext()
+    ):
+        history = model.fit(
+            tiny_images[:16],
+            batch_size=8,
+            epochs=2,
+            shuffle=False,
+            verbose=0,
+            callbacks=[every_epoch, every_3_steps],
+        )
 
     fids, kids = history.history["fid"], history.history["kid"]
     assert len(fids) == len(kids) == len(history.history["loss"]) == 2
     assert all(np.isfinite(fids)) and all(value > 0 for value in fids) and all(np.isfinite(kids))
-    assert [e["step"] for e in every_epoch.evaluations] == [2, 4] and [e["epoch"] for e in every_epoch.evaluations] == [1, 2]
-    assert [e["num_generated"] for e in every_epoch.evaluations] == [4, 4] and every_epoch.evaluations[0]["num_real"] == 16
+    assert [e["step"] for e in every_epoch.evaluations] == [2, 4] and [
+        e["epoch"] for e in every_epoch.evaluations
+    ] == [1, 2]
+    assert [e["num_generated"] for e in every_epoch.evaluations] == [
+        4,
+        4,
+    ] and every_epoch.evaluations[0]["num_real"] == 16
     with open(tmp_path / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["step"]) for r in rows] == [2, 4] and [float(r["fid"]) for r in rows] == pytest.approx(fids)
+    assert [int(r["step"]) for r in rows] == [2, 4] and [
+        float(r["fid"]) for r in rows
+    ] == pytest.approx(fids)
     if importlib.util.find_spec("tensorboard") is not None:
         assert glob.glob(str(tmp_path / "logs" / "events.out.tfevents.*"))
-    # Steps 1..4, evaluated at 3 (epoch 2); epoch 1 logs NaN. 2048-d Inception features of 4 vs 4 images.
+    # Steps 1..4, evaluated at 3 (epoch 2); epoch 1 logs NaN. 2048-d Inception features of 4 vs 4
+    # images.
     assert [e["step"] for e in every_3_steps.evaluations] == [3]
     assert math.isnan(history.history["inception_fid"][0])
     assert history.history["inception_fid"][1] == every_3_steps.evaluations[0]["fid"] > 0
     assert every_3_steps.extractor.name == fid.weights_name(inception_weights)
-    assert every_3_steps.reference.features.shape == (4, 2048) and len(os.listdir(tmp_path / "cache")) == 1
+    assert (
+        every_3_steps.reference.features.shape == (4, 2048)
+        and len(os.listdir(tmp_path / "cache")) == 1
+    )
     # Same weights and seeds: the same FID (fixed sampling seeds, the EMA weights).
     assert every_epoch.evaluate()["fid"] == pytest.approx(fids[-1], rel=1e-5)
 
@@ -91,7 +138,16 @@ def test_fid_during_fit_goes_into_history_csv_and_tensorboard(reference, incepti
 def test_fid_samples_come_from_the_ema_weights(reference):
     extractor, real = reference
     model = DiffusionModel.from_preset("tiny", seed=0)
-    callback = FIDCallback(real, 4, every_n_steps=1, extractor=extractor, steps=2, batch_size=4, kid_subsets=2, verbose=0)
+    callback = FIDCallback(
+        real,
+        4,
+        every_n_steps=1,
+        extractor=extractor,
+        steps=2,
+        batch_size=4,
+        kid_subsets=2,
+        verbose=0,
+    )
     callback.set_model(model)
     before = callback.evaluate()["fid"]
     rng = np.random.default_rng(0)
@@ -117,10 +173,12 @@ def test_bad_arguments_are_rejected(reference):
 
 @pytest.mark.once
 def test_cli_train_fid_every_wires_a_callback_into_fit(tmp_path, monkeypatch):
-    """`train --fid-every 2 --fid-samples 4`: the reference, the callback, driven through Keras' hooks.
+    """`train --fid-every 2 --fid-samples 4`: the reference, the callback, driven through Keras'
+    hooks.
 
     `fit` is replaced by a loop that only calls the callbacks and InceptionV3 by the tiny
-    extractor (a real `fit` with InceptionV3 from a weights file is tested above), so this stays fast.
+    extractor (a real `fit` with InceptionV3 from a weights file is tested above), so this
+    stays fast.
     """
     from click.testing import CliRunner
 
@@ -130,7 +188,9 @@ def test_cli_train_fid_every_wires_a_callback_into_fit(tmp_path, monkeypatch):
 
     def hooks_only_fit(self, x, epochs=1, steps_per_epoch=1, callbacks=None, **kwargs):
         passed.extend(callbacks)
-        hooks = keras.callbacks.CallbackList(callbacks, model=self, add_history=True, epochs=epochs, steps=steps_per_epoch)
+        hooks = keras.callbacks.CallbackList(
+            callbacks, model=self, add_history=True, epochs=epochs, steps=steps_per_epoch
+        )
         hooks.on_train_begin()
         hooks.on_epoch_begin(0)
         for step in range(steps_per_epoch):
@@ -149,16 +209,43 @@ def test_cli_train_fid_every_wires_a_callback_into_fit(tmp_path, monkeypatch):
     monkeypatch.setattr(fid, "inception_v3", tiny_inception)
     data = write_images(str(tmp_path / "data"), 8)
     out = tmp_path / "run"
-    args = ["train", "--dataset", data, "--preset", "tiny", "--steps", "2", "--batch-size", "4", "--fid-every", "2", "--fid-samples", "4", "--fid-steps", "2"]
+    args = [
+        "train",
+        "--dataset",
+        data,
+        "--preset",
+        "tiny",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--fid-every",
+        "2",
+        "--fid-samples",
+        "4",
+        "--fid-steps",
+        "2",
+    ]
     args += ["--inception-weights", "my/weights.h5", "--out", str(out), "--verbose", "0"]
     result = CliRunner(env={"KERAS_DDPM_CACHE": str(tmp_path / "cache")}).invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "step 2: FID " in result.output and "(4 generated vs 4 real images)" in result.output
-    (callback,) = [c for c in passed if isinstance(c, FIDCallback)]  # beside the run's metrics, checkpoint... callbacks
-    assert isinstance(callback, FIDCallback) and callback.every_n_steps == 2 and callback.num_samples == 4 and callback.steps == 2
+    # beside the run's metrics, checkpoint... callbacks
+    (callback,) = [c for c in passed if isinstance(c, FIDCallback)]
+    assert (
+        isinstance(callback, FIDCallback)
+        and callback.every_n_steps == 2
+        and callback.num_samples == 4
+        and callback.steps == 2
+    )
     assert weights_asked == [("my/weights.h5", 4)]
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 1 and rows[0]["step"] == "2" and rows[0]["num_generated"] == "4" and float(rows[0]["fid"]) > 0
+    assert (
+        len(rows) == 1
+        and rows[0]["step"] == "2"
+        and rows[0]["num_generated"] == "4"
+        and float(rows[0]["fid"]) > 0
+    )
     assert len(os.listdir(tmp_path / "cache")) == 1  # the reference statistics, cached
     assert callback.model.history.history["fid"] == [callback.evaluations[0]["fid"]]

@@ -6,10 +6,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from keras_ddpm.cli import cli
 from keras_ddpm import build_unet
 from keras_ddpm import get_preset
 from keras_ddpm import load_model
+from keras_ddpm.cli import cli
+
+pytestmark = pytest.mark.once  # the CLI is backend-free (tests/backend/test_isolation.py)
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +20,24 @@ def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     result = CliRunner().invoke(
         cli,
-        ["train", "--preset", "tiny", "--steps", "3", "--batch_size", "8", "--lr", "1e-3",
-         "--class-cond", "--seed", "1", "--out", str(out), "--verbose", "0"],
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--steps",
+            "3",
+            "--batch_size",
+            "8",
+            "--lr",
+            "1e-3",
+            "--class-cond",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+            "--verbose",
+            "0",
+        ],
     )
     assert result.exit_code == 0, result.output
     return out, result.output
@@ -41,9 +59,29 @@ def test_sample_writes_a_grid(trained_run, tmp_path):
     path = tmp_path / "grid.png"
     result = CliRunner().invoke(
         cli,
-        ["sample", "--model_params", str(out / "model.keras"), "--mode", "normal", "--sampler", "ddpm",
-         "--steps", "4", "--batch_size", "6", "--seed", "3", "--class-label", "7", "--guidance", "1.5",
-         "--padding", "1", "--save_path", str(path)],
+        [
+            "sample",
+            "--model_params",
+            str(out / "model.keras"),
+            "--mode",
+            "normal",
+            "--sampler",
+            "ddpm",
+            "--steps",
+            "4",
+            "--batch_size",
+            "6",
+            "--seed",
+            "3",
+            "--class-label",
+            "7",
+            "--guidance",
+            "1.5",
+            "--padding",
+            "1",
+            "--save_path",
+            str(path),
+        ],
     )
     assert result.exit_code == 0, result.output
     grid = np.array(Image.open(path))
@@ -52,8 +90,27 @@ def test_sample_writes_a_grid(trained_run, tmp_path):
     again = tmp_path / "again.png"
     CliRunner().invoke(
         cli,
-        ["sample", "--model", str(out / "model.keras"), "--sampler", "ddpm", "--steps", "4", "--batch-size", "6",
-         "--seed", "3", "--class-label", "7", "--guidance", "1.5", "--padding", "1", "--save-path", str(again)],
+        [
+            "sample",
+            "--model",
+            str(out / "model.keras"),
+            "--sampler",
+            "ddpm",
+            "--steps",
+            "4",
+            "--batch-size",
+            "6",
+            "--seed",
+            "3",
+            "--class-label",
+            "7",
+            "--guidance",
+            "1.5",
+            "--padding",
+            "1",
+            "--save-path",
+            str(again),
+        ],
     )
     np.testing.assert_array_equal(np.array(Image.open(again)), grid)
 
@@ -99,7 +156,9 @@ def test_sample_rejects_bad_values(trained_run, tmp_path):
         (["--steps", "1000"], "from 1 to 100 (the model's 100 training timesteps)"),
         (["--img_size", "64"], "does not match the model's image size 16"),
     ]:
-        result = CliRunner().invoke(cli, ["sample", "--model", model, "--save-path", str(tmp_path / "x.png"), *args])
+        result = CliRunner().invoke(
+            cli, ["sample", "--model", model, "--save-path", str(tmp_path / "x.png"), *args]
+        )
         assert result.exit_code == 1 and message in result.output, result.output
     result = CliRunner().invoke(cli, ["sample", "--model", model, "--steps", "0"])
     assert result.exit_code == 2 and "--steps" in result.output
@@ -128,12 +187,20 @@ def test_cli_runs_as_a_program():
     env = backend.child_environment(backend.backend_name())
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run(
-        [sys.executable, "cli.py", "info", "--preset", "ddpm_cifar10"], cwd=repo, env=env, capture_output=True, text=True
+        [sys.executable, "cli.py", "info", "--preset", "ddpm_cifar10"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("parameters: 35746307")
     result = subprocess.run(
-        [sys.executable, "cli.py", "info", "--preset", "nope"], cwd=repo, env=env, capture_output=True, text=True
+        [sys.executable, "cli.py", "info", "--preset", "nope"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "Error: Unknown preset 'nope'" in result.stderr
@@ -151,7 +218,10 @@ def test_export_drops_the_optimizer_and_keeps_both_networks(trained_run, tmp_pat
         assert saved >= 2 * 4 * source.network.count_params()  # Adam's two float32 moments left out
         model = load_model(str(exported))
         assert getattr(model, "optimizer", None) is None and model.config == source.config
-        for ours, theirs in ((model.network, source.network), (model.ema_network, source.ema_network)):
+        for ours, theirs in (
+            (model.network, source.network),
+            (model.ema_network, source.ema_network),
+        ):
             for a, b in zip(ours.get_weights(), theirs.get_weights()):
                 np.testing.assert_array_equal(a, b)
     result = CliRunner().invoke(cli, ["export", str(tmp_path), str(tmp_path / "x.keras")])

@@ -18,13 +18,16 @@ from keras_ddpm.config import preset_from_dict
 pytestmark = pytest.mark.once  # dataclass validation
 
 # `build_unet(config).count_params()`: the papers' models (test_unet.py builds them) and the
-# class-conditional tiny and mnist models (the app tests' and saved_models/mnist.txt's). Building a
-# network to compare takes 40 s on JAX's first use; these cover 1-2 blocks, 3-6 levels, equal and
-# rising multipliers, attention, 1 and 3 channels, the class embedding.
+# class-conditional tiny and mnist models (the app tests' and saved_models/mnist.txt's), written
+# down because building a network to compare is slow on JAX's first use; these cover 1-2 blocks,
+# 3-6 levels, equal and rising multipliers, attention, 1 and 3 channels, the class embedding.
 PARAMETERS = {
-    "ddpm_cifar10": 35_746_307, "ddim_celeba64": 78_700_803, "ddpm_256": 113_673_219,
-    "tiny+10 classes": 177_553, "mnist+10 classes": 1_114_209,
-}  # fmt: skip
+    "ddpm_cifar10": 35_746_307,
+    "ddim_celeba64": 78_700_803,
+    "ddpm_256": 113_673_219,
+    "tiny+10 classes": 177_553,
+    "mnist+10 classes": 1_114_209,
+}
 
 
 def unet(name):
@@ -39,7 +42,8 @@ def test_parameter_count_is_the_built_networks_without_building(name):
 
 def test_every_preset_passes_the_limits():
     for preset in PRESETS.values():
-        assert preset_from_dict(json.loads(json.dumps(preset.to_dict()))) == preset  # as a .keras file holds it
+        # as a .keras file holds it
+        assert preset_from_dict(json.loads(json.dumps(preset.to_dict()))) == preset
         assert preset.unet.parameter_count() < config.MAX_PARAMETERS
         assert preset.diffusion.timesteps <= config.MAX_TIMESTEPS
 
@@ -47,20 +51,44 @@ def test_every_preset_passes_the_limits():
 HUGE_UNETS = [  # (overrides of the tiny preset's UNet, the sentence's start, its "Received:" part)
     (dict(image_size=4096), "image_size must be a whole number from 1 to 1,024", "image_size=4096"),
     (dict(image_size=16.0), "image_size must be a whole number", "image_size=16.0"),
-    (dict(base_channels=65_536), "base_channels must be a whole number from 1 to 1,024", "base_channels=65536"),
-    (dict(channel_multipliers=(1,) * 9, image_size=512), "channel_multipliers must name 1 to 8 levels", "channel_multipliers=(1, 1,"),
-    (dict(channel_multipliers=(1, 1000)), "channel_multipliers must be whole numbers from 1 to 16", "channel_multipliers=(1, 1000)"),
-    (dict(num_res_blocks=10_000), "num_res_blocks must be a whole number from 1 to 16", "num_res_blocks=10000"),
+    (
+        dict(base_channels=65_536),
+        "base_channels must be a whole number from 1 to 1,024",
+        "base_channels=65536",
+    ),
+    (
+        dict(channel_multipliers=(1,) * 9, image_size=512),
+        "channel_multipliers must name 1 to 8 levels",
+        "channel_multipliers=(1, 1,",
+    ),
+    (
+        dict(channel_multipliers=(1, 1000)),
+        "channel_multipliers must be whole numbers from 1 to 16",
+        "channel_multipliers=(1, 1000)",
+    ),
+    (
+        dict(num_res_blocks=10_000),
+        "num_res_blocks must be a whole number from 1 to 16",
+        "num_res_blocks=10000",
+    ),
     (dict(num_groups=0), "num_groups must be a whole number from 1 to 16", "num_groups=0"),
-    (dict(num_classes=10**9), "num_classes must be a whole number from 0 to 100,000", "num_classes=1000000000"),
+    (
+        dict(num_classes=10**9),
+        "num_classes must be a whole number from 0 to 100,000",
+        "num_classes=1000000000",
+    ),
     # Every size within its bound, the whole far over: 1024 channels, multipliers up to 16.
-    (dict(base_channels=1024, channel_multipliers=(1, 2, 4, 8, 16), num_groups=32), "The UNet would have 40,202,652,673 parameters",
-     "base_channels=1024, channel_multipliers=(1, 2, 4, 8, 16)"),
-]  # fmt: skip
+    (
+        dict(base_channels=1024, channel_multipliers=(1, 2, 4, 8, 16), num_groups=32),
+        "The UNet would have 40,202,652,673 parameters",
+        "base_channels=1024, channel_multipliers=(1, 2, 4, 8, 16)",
+    ),
+]
 
 
 def tiny_dict(**unet_overrides):
-    """The tiny preset as a .keras file or a run's config.json holds it, with UNet fields replaced."""
+    """The tiny preset as a .keras file or a run's config.json holds it, with UNet fields
+    replaced."""
     values = json.loads(json.dumps(get_preset("tiny").to_dict()))
     values["unet"].update(unet_overrides)
     return values
@@ -79,15 +107,21 @@ def no_building(monkeypatch):
 @pytest.mark.parametrize("overrides, sentence, received", HUGE_UNETS)
 def test_sizes_no_one_means_are_refused_before_building(overrides, sentence, received, no_building):
     with pytest.raises(ValueError) as error:
-        diffusion_model.DiffusionModel(tiny_dict(**overrides))  # the config is checked in preset_from_dict
+        # the config is checked in preset_from_dict
+        diffusion_model.DiffusionModel(tiny_dict(**overrides))
     message = str(error.value)
-    assert message.startswith(sentence) and f"Received: {received}" in message and "\n" not in message
+    assert (
+        message.startswith(sentence) and f"Received: {received}" in message and "\n" not in message
+    )
     with pytest.raises(ValueError, match="Received: "):
         get_preset("tiny").replace(**overrides)
 
 
 def test_timesteps_beyond_the_bound_are_refused():
-    with pytest.raises(ValueError, match=r"timesteps must be a whole number from 2 to 10,000\. Received: timesteps=1000000"):
+    with pytest.raises(
+        ValueError,
+        match=r"timesteps must be a whole number from 2 to 10,000\. Received: timesteps=1000000",
+    ):
         DiffusionConfig(timesteps=1_000_000)
     with pytest.raises(ValueError, match="Received: timesteps=1"):
         DiffusionConfig(timesteps=1)
@@ -100,11 +134,26 @@ def test_a_small_keras_file_asking_for_gigabytes_is_refused_before_building(tmp_
     path = tmp_path / "huge.keras"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("metadata.json", json.dumps({"keras_version": "3.15.1"}))
-        archive.writestr("config.json", json.dumps({"module": "keras_ddpm.diffusion_model", "class_name": "DiffusionModel",
-                                                    "config": model_config, "registered_name": "keras_ddpm>DiffusionModel"}))  # fmt: skip
+        archive.writestr(
+            "config.json",
+            json.dumps(
+                {
+                    "module": "keras_ddpm.diffusion_model",
+                    "class_name": "DiffusionModel",
+                    "config": model_config,
+                    "registered_name": "keras_ddpm>DiffusionModel",
+                }
+            ),
+        )
         archive.writestr("model.weights.h5", b"")  # never read: the config is refused first
     assert path.stat().st_size < 4096
     start = time.perf_counter()
-    with pytest.raises(ValueError, match=r"The UNet would have 40,202,652,673 parameters, more than the limit of 1,000,000,000\. Received: "):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"The UNet would have 40,202,652,673 parameters, more than the limit of "
+            r"1,000,000,000\. Received: "
+        ),
+    ):
         load_model(str(path))
     assert time.perf_counter() - start < 5

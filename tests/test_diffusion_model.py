@@ -1,10 +1,10 @@
 import keras
 import numpy as np
 import pytest
-from keras import ops
-
 from conftest import compile_for_numbers
 from conftest import randomize_weights
+from keras import ops
+
 from keras_ddpm import DiffusionModel
 from keras_ddpm import samplers
 
@@ -46,7 +46,10 @@ def test_fit_gives_finite_loss_and_follows_the_ema_formula(tiny_images):
     final_weights, final_ema = recorder.records[-1]
     moved = max(np.abs(w - w0).max() for w, w0 in zip(final_weights, initial))
     assert moved > 0
-    assert all(np.abs(e - w0).max() <= np.abs(w - w0).max() + 1e-7 for e, w, w0 in zip(final_ema, final_weights, initial))
+    assert all(
+        np.abs(e - w0).max() <= np.abs(w - w0).max() + 1e-7
+        for e, w, w0 in zip(final_ema, final_weights, initial)
+    )
 
 
 def test_x0_loss_of_a_fresh_network_is_the_mean_square_of_the_images(tiny_images):
@@ -88,7 +91,9 @@ def test_generate_returns_uint8_and_is_seeded(random_model):
     np.testing.assert_array_equal(a, random_model.generate(3, steps=5, seed=7))
     assert not np.array_equal(a, random_model.generate(3, steps=5, seed=8))
     stochastic = random_model.generate(3, sampler="ddpm", steps=5, seed=7)
-    np.testing.assert_array_equal(stochastic, random_model.generate(3, sampler="ddpm", steps=5, seed=7))
+    np.testing.assert_array_equal(
+        stochastic, random_model.generate(3, sampler="ddpm", steps=5, seed=7)
+    )
 
 
 def test_neighbouring_seeds_draw_independent_noise():
@@ -125,7 +130,9 @@ def test_generate_runs_the_ddim_chain_exactly(random_model):
     np.testing.assert_array_equal(timesteps, [99, 66, 33, 0])
     x = x_T.astype(np.float64)
     for i, t in enumerate(timesteps):
-        eps = ops.convert_to_numpy(random_model.ema_network([x.astype("float32"), np.full(2, t, "int32")]))
+        eps = ops.convert_to_numpy(
+            random_model.ema_network([x.astype("float32"), np.full(2, t, "int32")])
+        )
         a_prev = a[timesteps[i + 1]] if i + 1 < steps else 1.0
         x0 = (x - np.sqrt(1 - a[t]) * eps) / np.sqrt(a[t])
         x = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev) * eps
@@ -145,12 +152,15 @@ def test_class_conditional_generation_and_guidance():
     model = randomize_weights(DiffusionModel.from_preset("tiny", num_classes=3, seed=0))
     x_T = np.random.default_rng(6).standard_normal((3, 16, 16, 1)).astype("float32")
     plain = model.generate(noise=x_T, steps=3, class_labels=[0, 1, 2], return_uint8=False)
-    guided = model.generate(noise=x_T, steps=3, class_labels=[0, 1, 2], guidance=2.0, return_uint8=False)
+    guided = model.generate(
+        noise=x_T, steps=3, class_labels=[0, 1, 2], guidance=2.0, return_uint8=False
+    )
     assert plain.shape == guided.shape == (3, 16, 16, 1)
     assert np.abs(plain - guided).max() > 1e-4
     # One label for all images is broadcast; no label means the null (unconditional) label.
     np.testing.assert_array_equal(
-        model.generate(noise=x_T, steps=3, class_labels=1), model.generate(noise=x_T, steps=3, class_labels=[1, 1, 1])
+        model.generate(noise=x_T, steps=3, class_labels=1),
+        model.generate(noise=x_T, steps=3, class_labels=[1, 1, 1]),
     )
     null = model.generate(noise=x_T, steps=3, return_uint8=False)
     assert null.shape == plain.shape and np.abs(null - plain).max() > 1e-4

@@ -1,8 +1,10 @@
-"""Data parallel training on 2 virtual CPU devices gives the step of 1 device (same batch, same seeds).
+"""Data parallel training on 2 virtual CPU devices gives the step of 1 device (same batch, same
+seeds).
 
-TensorFlow: `tf.distribute.MirroredStrategy` over 2 logical CPUs. JAX: `keras.distribution.DataParallel`
-over 2 host devices (XLA_FLAGS=--xla_force_host_platform_device_count=2). Each runs in a subprocess
-(devices are fixed when the framework starts) under its own backend only.
+TensorFlow: `tf.distribute.MirroredStrategy` over 2 logical CPUs. JAX:
+`keras.distribution.DataParallel` over 2 host devices
+(XLA_FLAGS=--xla_force_host_platform_device_count=2). Each runs in a subprocess (devices are
+fixed when the framework starts) under its own backend only.
 """
 
 import json
@@ -58,7 +60,9 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 def run_step(backend, distribute, setup, env=None):
     code = STEP.format(tests=os.path.join(REPO, "tests"), setup=setup, distribute=distribute)
     env = child_environment(backend, **(env or {}))
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -67,18 +71,29 @@ def check(result):
     assert result["replicas"] == [1, 2]
     loss_1, loss_2 = result["loss"]
     assert 0.05 < loss_1 < 10
-    assert loss_2 == pytest.approx(loss_1, rel=1e-5)  # the same t, eps and label dropout per example
+    # the same t, eps and label dropout per example
+    assert loss_2 == pytest.approx(loss_1, rel=1e-5)
     assert result["moved"] > 1e-4  # the step changed the weights (EMA decay 0.9 lags behind)...
-    assert result["weights"] < 2e-5 and result["ema"] < 2e-5  # ...identically (lr 1e-3): averaged, clipped gradients
+    # ...identically (lr 1e-3): averaged, clipped gradients
+    assert result["weights"] < 2e-5 and result["ema"] < 2e-5
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.distribute runs under the tensorflow backend")
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="tf.distribute runs under the tensorflow backend",
+)
 def test_mirrored_strategy_on_2_devices_matches_1_device():
     check(run_step("tensorflow", "mirrored", TF_SETUP))
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(keras.backend.backend() != "jax", reason="keras.distribution runs under the jax backend")
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="keras.distribution runs under the jax backend"
+)
 def test_jax_data_parallel_on_2_devices_matches_1_device():
-    check(run_step("jax", "data_parallel", "", {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}))
+    check(
+        run_step(
+            "jax", "data_parallel", "", {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+        )
+    )

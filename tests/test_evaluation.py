@@ -18,6 +18,8 @@ from keras_ddpm import samplers
 from keras_ddpm.cli import cli
 from keras_ddpm.evaluation import EvalConfig
 
+pytestmark = pytest.mark.once  # the eval pipeline is backend-free (tests/backend/test_isolation.py)
+
 
 def tiny_extractor(weights="imagenet", batch_size=4):
     """A cheap stand-in for `fid.inception_v3` (32x32 input, 8-d features)."""

@@ -26,12 +26,21 @@ def test_conv_and_dense_counts_match_the_closed_forms():
 
 @pytest.mark.once
 def test_unet_count_adds_attention_matmuls_to_the_layer_counts():
-    config = UNetConfig(base_channels=16, channel_multipliers=(1, 2), attention_resolutions=(8,), num_groups=4, image_size=16)
+    config = UNetConfig(
+        base_channels=16,
+        channel_multipliers=(1, 2),
+        attention_resolutions=(8,),
+        num_groups=4,
+        image_size=16,
+    )
     without = dataclasses.replace(config, attention_resolutions=())
-    # Attention at 8x8 (32 channels) adds 2 blocks going down and 3 going up (the middle one is
-    # in both), each four 1x1 projections, 4 * 2*64*32*32, and two 64x64x32 products, 2 * 2*64*64*32.
+    # Attention at 8x8 (32 channels) adds 2 blocks going down and 3 going up (the middle one is in
+    # both), each four 1x1 projections, 4 * 2*64*32*32, and two 64x64x32 products, 2 * 2*64*64*32.
     per_block = 4 * 2 * 64 * 32 * 32 + 2 * 2 * 64 * 64 * 32
-    assert unet_forward_flops(build_unet(config)) == unet_forward_flops(build_unet(without)) + 5 * per_block
+    assert (
+        unet_forward_flops(build_unet(config))
+        == unet_forward_flops(build_unet(without)) + 5 * per_block
+    )
 
 
 @pytest.mark.once
@@ -48,7 +57,13 @@ def test_ddpm_cifar10_count():
 def test_matches_torch_flop_counter():
     from torch.utils.flop_counter import FlopCounterMode
 
-    config = UNetConfig(base_channels=16, channel_multipliers=(1, 2), attention_resolutions=(), num_groups=4, image_size=16)
+    config = UNetConfig(
+        base_channels=16,
+        channel_multipliers=(1, 2),
+        attention_resolutions=(),
+        num_groups=4,
+        image_size=16,
+    )
     network = build_unet(config)
     inputs = [np.zeros((2, 16, 16, 3), "float32"), np.zeros((2,), "int32")]
     with FlopCounterMode(display=False) as counter:

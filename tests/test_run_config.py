@@ -10,6 +10,8 @@ from keras_ddpm.cli import cli
 from keras_ddpm.config import get_preset
 from keras_ddpm.run_config import RunConfig
 
+pytestmark = pytest.mark.once  # Keras-free configuration
+
 
 def test_the_train_command_is_built_from_the_config():
     params = {p.name: p for p in cli.commands["train"].params}

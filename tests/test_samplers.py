@@ -13,10 +13,16 @@ RNG = np.random.default_rng(0)
 def run_step(plan, i, x_t, model_output, noise, prediction="epsilon", clip=False):
     coefficients = samplers.StepCoefficients.from_row(ops.convert_to_tensor(plan.coefficients()[i]))
     x_prev, x0 = samplers.denoise_step(
-        ops.convert_to_tensor(x_t), ops.convert_to_tensor(model_output), coefficients,
-        ops.convert_to_tensor(noise), prediction, clip,
+        ops.convert_to_tensor(x_t),
+        ops.convert_to_tensor(model_output),
+        coefficients,
+        ops.convert_to_tensor(noise),
+        prediction,
+        clip,
     )
-    return ops.convert_to_numpy(x_prev).astype(np.float64), ops.convert_to_numpy(x0).astype(np.float64)
+    return ops.convert_to_numpy(x_prev).astype(np.float64), ops.convert_to_numpy(x0).astype(
+        np.float64
+    )
 
 
 def test_uniform_timesteps_cover_both_ends():
@@ -96,7 +102,9 @@ def test_targets_convert_to_start_and_noise(prediction):
     a = SCHEDULE.alphas_cumprod[400]
     x_t = np.sqrt(a) * x0 + np.sqrt(1 - a) * eps
     output = {"epsilon": eps, "x0": x0, "v": np.sqrt(a) * eps - np.sqrt(1 - a) * x0}[prediction]
-    x0_hat, eps_hat = samplers.predict_start_and_noise(output, x_t, np.sqrt(a), np.sqrt(1 - a), prediction)
+    x0_hat, eps_hat = samplers.predict_start_and_noise(
+        output, x_t, np.sqrt(a), np.sqrt(1 - a), prediction
+    )
     np.testing.assert_allclose(x0_hat, x0, atol=1e-10)
     np.testing.assert_allclose(eps_hat, eps, atol=1e-10)
 
@@ -107,9 +115,14 @@ def test_clipping_clips_x0_and_recomputes_noise():
     eps = np.zeros_like(x_t)  # x0_hat = x_t / sqrt(a) > 1
     x_prev, x0 = run_step(plan, 0, x_t, eps, np.zeros_like(x_t), clip=True)
     np.testing.assert_allclose(x0, 1.0)
-    a, a_prev = SCHEDULE.alphas_cumprod[plan.timesteps[0]], SCHEDULE.alphas_cumprod[plan.timesteps[1]]
+    a, a_prev = (
+        SCHEDULE.alphas_cumprod[plan.timesteps[0]],
+        SCHEDULE.alphas_cumprod[plan.timesteps[1]],
+    )
     eps_clipped = (3.0 - np.sqrt(a)) / np.sqrt(1 - a)
-    np.testing.assert_allclose(x_prev, np.sqrt(a_prev) + np.sqrt(1 - a_prev) * eps_clipped, rtol=1e-5)
+    np.testing.assert_allclose(
+        x_prev, np.sqrt(a_prev) + np.sqrt(1 - a_prev) * eps_clipped, rtol=1e-5
+    )
 
 
 def test_guidance_formula():

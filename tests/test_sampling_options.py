@@ -11,6 +11,8 @@ import pytest
 from keras_ddpm import sampling_options as options
 from keras_ddpm.cli import cli
 
+pytestmark = pytest.mark.once  # Keras-free tables and parsing
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = ("sampler", "steps", "eta", "skip", "variance", "guidance", "seed")  # sample and eval
 

@@ -1,15 +1,14 @@
 import json
-import os
 
 import keras
 import numpy as np
 import pytest
-from keras import ops
-
 from conftest import BACKENDS
 from conftest import compile_for_numbers
 from conftest import randomize_weights
 from conftest import run_python
+from keras import ops
+
 from keras_ddpm import DiffusionModel
 from keras_ddpm import load_model
 
@@ -19,7 +18,9 @@ def weights_of(network):
 
 
 def test_keras_round_trip_keeps_everything(tmp_path, tiny_images):
-    model = DiffusionModel.from_preset("tiny", num_classes=2, prediction="v", schedule="cosine", seed=3)
+    model = DiffusionModel.from_preset(
+        "tiny", num_classes=2, prediction="v", schedule="cosine", seed=3
+    )
     compile_for_numbers(model)
     model.fit(tiny_images[:16], np.zeros(16, "int32"), batch_size=16, epochs=1, verbose=0)
     randomize_weights(model, seed=1)
@@ -36,7 +37,8 @@ def test_keras_round_trip_keeps_everything(tmp_path, tiny_images):
     for a, b in zip(weights_of(loaded.ema_network), weights_of(model.ema_network)):
         np.testing.assert_array_equal(a, b)
     assert int(loaded.optimizer.iterations) == 1
-    sampling = dict(steps=3, seed=5, class_labels=1, compile_loop=False)  # one step compiled, not a loop
+    # one step compiled, not a loop
+    sampling = dict(steps=3, seed=5, class_labels=1, compile_loop=False)
     np.testing.assert_array_equal(loaded.generate(2, **sampling), model.generate(2, **sampling))
     # Training goes on from the loaded state.
     loaded.run_eagerly = model.run_eagerly
@@ -84,7 +86,11 @@ def test_a_model_saved_on_one_backend_loads_on_the_others(tmp_path):
     for backend in BACKENDS:
         if backend == keras.backend.backend():
             continue
-        result = json.loads(run_python(CHECK.format(path=path, inputs=str(tmp_path / "inputs.npz")), backend).strip().splitlines()[-1])
+        result = json.loads(
+            run_python(CHECK.format(path=path, inputs=str(tmp_path / "inputs.npz")), backend)
+            .strip()
+            .splitlines()[-1]
+        )
         assert result["scale"] > 0.01, "outputs must not be trivially zero"
         assert result["network"] < 1e-4, (backend, result)
         assert result["ema"] < 1e-4, (backend, result)
@@ -101,7 +107,9 @@ def test_a_checkpoint_resumes_training_on_any_backend(tiny_images):
     assert saved["config"]["global_clipnorm"] == model.config.train.grad_clip
 
     resumed = DiffusionModel.from_preset("tiny", seed=0)
-    resumed.compile_from_config({"optimizer": dict(saved, module="keras.src.backend.torch.optimizers.torch_adam")})
+    resumed.compile_from_config(
+        {"optimizer": dict(saved, module="keras.src.backend.torch.optimizers.torch_adam")}
+    )
     assert type(resumed.optimizer) is type(keras.optimizers.Adam())  # this backend's Adam
     resumed.run_eagerly = keras.backend.backend() != "jax"  # as `compile_for_numbers`
     history = resumed.fit(tiny_images[:16], batch_size=16, epochs=1, verbose=0)

@@ -44,13 +44,19 @@ def test_posterior_matches_gaussian_conditioning():
     """q(x_{t-1} | x_t, x_0) from the joint Gaussian, independently of the schedule's formulas."""
     schedule = NoiseSchedule(linear_betas(1000))
     for t in (1, 5, 300, 999):
-        a_prev, a_t, alpha = schedule.alphas_cumprod[t - 1], schedule.alphas_cumprod[t], 1 - schedule.betas[t]
+        a_prev, a_t, alpha = (
+            schedule.alphas_cumprod[t - 1],
+            schedule.alphas_cumprod[t],
+            1 - schedule.betas[t],
+        )
         # x_{t-1} = sqrt(a_prev) x0 + sqrt(1-a_prev) e1 ; x_t = sqrt(alpha) x_{t-1} + sqrt(beta) e2
         cov = math.sqrt(alpha) * (1 - a_prev)  # Cov(x_{t-1}, x_t | x0)
         var_t = 1 - a_t
         gain = cov / var_t
         # mean = sqrt(a_prev) x0 + gain (x_t - sqrt(a_t) x0) = c1 x0 + c2 x_t
-        assert schedule.posterior_mean_coef1[t] == pytest.approx(math.sqrt(a_prev) - gain * math.sqrt(a_t), rel=1e-9)
+        assert schedule.posterior_mean_coef1[t] == pytest.approx(
+            math.sqrt(a_prev) - gain * math.sqrt(a_t), rel=1e-9
+        )
         assert schedule.posterior_mean_coef2[t] == pytest.approx(gain, rel=1e-9)
         assert schedule.posterior_variance[t] == pytest.approx((1 - a_prev) - cov * gain, rel=1e-7)
     assert schedule.posterior_variance[0] == 0.0

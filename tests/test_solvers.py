@@ -27,11 +27,15 @@ def analytic_run():
         a = ops.take(alphas_cumprod, t)[:, None, None, None]
         return (x_t - ops.sqrt(a) * MU) * ops.sqrt(1.0 - a) / (a * S**2 + 1.0 - a)
 
-    return functools.partial(samplers.reverse_steps, optimal_eps, prediction="epsilon", clip_denoised=False)
+    return functools.partial(
+        samplers.reverse_steps, optimal_eps, prediction="epsilon", clip_denoised=False
+    )
 
 
 def sample(plan, x_T, seed=1):
-    x, _ = samplers.run_plan(analytic_run(), ops.convert_to_tensor(x_T), plan, keras.random.SeedGenerator(seed))
+    x, _ = samplers.run_plan(
+        analytic_run(), ops.convert_to_tensor(x_T), plan, keras.random.SeedGenerator(seed)
+    )
     return ops.convert_to_numpy(x).astype(np.float64)
 
 
@@ -93,10 +97,13 @@ def test_dpm_solver_coefficients_follow_algorithm_2():
         h, h_prev = lam(t[i + 1]) - lam(t[i]), lam(t[i]) - lam(t[i - 1])
         r = h_prev / h
         alpha_next, sigma_next = np.sqrt(a[t[i + 1]]), np.sqrt(1 - a[t[i + 1]])
-        # x_next = (sigma_next / sigma) x + alpha_next (1 - e^-h) ((1 + 1/2r) x0 - 1/2r x0_prev), x = alpha x0 + sigma eps.
+        # x_next = (sigma_next / sigma) x + alpha_next (1 - e^-h) ((1 + 1/2r) x0 - 1/2r x0_prev), x
+        # = alpha x0 + sigma eps.
         phi = 1 - np.exp(-h)
         np.testing.assert_allclose(plan.coef_eps[i], sigma_next, rtol=1e-12)
-        np.testing.assert_allclose(plan.coef_x0[i], alpha_next * (np.exp(-h) + phi * (1 + 1 / (2 * r))), rtol=1e-10)
+        np.testing.assert_allclose(
+            plan.coef_x0[i], alpha_next * (np.exp(-h) + phi * (1 + 1 / (2 * r))), rtol=1e-10
+        )
         np.testing.assert_allclose(plan.coef_x0_prev[i], -alpha_next * phi / (2 * r), rtol=1e-10)
     # First and last steps are first order (DDIM eta = 0): no history, and onto sigma = 0.
     ddim = samplers.ddim_plan(SCHEDULE, 2)
@@ -109,12 +116,19 @@ def test_dpm_solver_coefficients_follow_algorithm_2():
 @pytest.mark.once
 def test_timestep_sequences():
     np.testing.assert_array_equal(samplers.ddim_timesteps(100, 4, start=30), [30, 20, 10, 0])
-    np.testing.assert_array_equal(samplers.ddim_timesteps(100, 50, start=3), [3, 2, 1, 0])  # capped at start + 1
-    np.testing.assert_array_equal(samplers.ddim_timesteps(100, 4, "quadratic", start=36), [36, 16, 4, 0])
+    # capped at start + 1
+    np.testing.assert_array_equal(samplers.ddim_timesteps(100, 50, start=3), [3, 2, 1, 0])
+    np.testing.assert_array_equal(
+        samplers.ddim_timesteps(100, 4, "quadratic", start=36), [36, 16, 4, 0]
+    )
     # DPM-Solver "uniform": diffusers' layout, steps + 1 points without t = 0.
-    np.testing.assert_array_equal(samplers.dpm_solver_plan(SCHEDULE, 4, "uniform").timesteps, [999, 749, 500, 250])
+    np.testing.assert_array_equal(
+        samplers.dpm_solver_plan(SCHEDULE, 4, "uniform").timesteps, [999, 749, 500, 250]
+    )
     logsnr = samplers.logsnr_timesteps(SCHEDULE, 20)
-    assert logsnr[0] == 999 and logsnr[-1] == 0 and len(logsnr) == 20 and np.all(np.diff(logsnr) < 0)
+    assert (
+        logsnr[0] == 999 and logsnr[-1] == 0 and len(logsnr) == 20 and np.all(np.diff(logsnr) < 0)
+    )
     ddpm = samplers.ddpm_plan(SCHEDULE, start=10)
     np.testing.assert_array_equal(ddpm.timesteps, np.arange(10, -1, -1))
     with pytest.raises(ValueError, match="start"):
@@ -125,7 +139,9 @@ def test_timestep_sequences():
 def test_ddim_inversion_plan_mirrors_ddim():
     inversion, ddim = samplers.ddim_inversion_plan(SCHEDULE, 5), samplers.ddim_plan(SCHEDULE, 5)
     np.testing.assert_array_equal(inversion.timesteps, ddim.timesteps[::-1][:-1])
-    np.testing.assert_allclose(inversion.alphas_cumprod_prev, SCHEDULE.alphas_cumprod[ddim.timesteps[::-1][1:]])
+    np.testing.assert_allclose(
+        inversion.alphas_cumprod_prev, SCHEDULE.alphas_cumprod[ddim.timesteps[::-1][1:]]
+    )
     # On the analytic model, inverting the exact ODE solution gives back x_T (up to discretisation).
     x_T = np.random.default_rng(1).standard_normal((500, 2, 2, 1)).astype("float32")
     x_0 = sample(samplers.ddim_plan(SCHEDULE, 200), x_T)
@@ -138,8 +154,12 @@ def test_run_plan_is_the_same_in_one_call_or_step_by_step(x_T):
     seen = []
     whole = sample(plan, x_T[:8])
     x, _ = samplers.run_plan(
-        analytic_run(), ops.convert_to_tensor(x_T[:8]), plan, keras.random.SeedGenerator(1),
-        callback=lambda i, t, x, x0: seen.append((i, t)), max_steps_per_call=1,
+        analytic_run(),
+        ops.convert_to_tensor(x_T[:8]),
+        plan,
+        keras.random.SeedGenerator(1),
+        callback=lambda i, t, x, x0: seen.append((i, t)),
+        max_steps_per_call=1,
     )
     np.testing.assert_allclose(ops.convert_to_numpy(x), whole, rtol=1e-5, atol=1e-5)
     assert seen == [(i, int(t)) for i, t in enumerate(plan.timesteps)]

@@ -1,4 +1,5 @@
-"""Optimisation and the training run: LR schedules, clipping, EMA warm-up, mixed precision, NaN stop, Ctrl-C."""
+"""Optimisation and the training run: LR schedules, clipping, EMA warm-up, mixed precision, NaN
+stop, Ctrl-C."""
 
 import csv
 import dataclasses
@@ -10,10 +11,10 @@ import signal
 import keras
 import numpy as np
 import pytest
-from keras import ops
-
 from conftest import compile_for_numbers
 from conftest import randomize_weights
+from keras import ops
+
 from keras_ddpm import DiffusionModel
 from keras_ddpm import get_preset
 from keras_ddpm import training
@@ -31,13 +32,23 @@ def lr_values(schedule, steps):
 def test_learning_rate_schedules():
     train = get_preset("ddpm_cifar10").train  # 2e-4, 5000 warm-up steps, 800k steps
     constant = make_learning_rate(train)
-    assert lr_values(constant, [0, 2499, 4999, 5000, 799_999]) == pytest.approx([2e-4 / 5000, 1e-4, 2e-4, 2e-4, 2e-4])
-    cosine = make_learning_rate(train.__class__(**{**train.__dict__, "lr_schedule": "cosine", "train_steps": 105_000}))
+    assert lr_values(constant, [0, 2499, 4999, 5000, 799_999]) == pytest.approx(
+        [2e-4 / 5000, 1e-4, 2e-4, 2e-4, 2e-4]
+    )
+    cosine = make_learning_rate(
+        train.__class__(**{**train.__dict__, "lr_schedule": "cosine", "train_steps": 105_000})
+    )
     # Warm-up from 0, then 2e-4 * (1 + cos(pi * (step - 5000) / 100000)) / 2.
     expected = [0.0, 1e-4, 2e-4, 2e-4 * (1 + math.cos(math.pi / 4)) / 2, 1e-4, 0.0]
-    assert lr_values(cosine, [0, 2500, 5000, 30_000, 55_000, 105_000]) == pytest.approx(expected, abs=1e-9)
-    optimizer = make_optimizer(get_preset("tiny").replace(lr_schedule="cosine", warmup_steps=10, train_steps=110).train)
-    assert learning_rate_at(optimizer, 5) == pytest.approx(5e-4) and learning_rate_at(optimizer, 60) == pytest.approx(5e-4)
+    assert lr_values(cosine, [0, 2500, 5000, 30_000, 55_000, 105_000]) == pytest.approx(
+        expected, abs=1e-9
+    )
+    optimizer = make_optimizer(
+        get_preset("tiny").replace(lr_schedule="cosine", warmup_steps=10, train_steps=110).train
+    )
+    assert learning_rate_at(optimizer, 5) == pytest.approx(5e-4) and learning_rate_at(
+        optimizer, 60
+    ) == pytest.approx(5e-4)
     assert optimizer.global_clipnorm == 1.0 and isinstance(optimizer, keras.optimizers.Adam)
     adamw = make_optimizer(get_preset("tiny").replace(optimizer="adamw", weight_decay=0.01).train)
     assert isinstance(adamw, keras.optimizers.AdamW) and adamw.weight_decay == 0.01
@@ -51,12 +62,16 @@ def one_step_change(images, **overrides):
     before = [ops.convert_to_numpy(w) for w in model.network.trainable_weights]
     compile_for_numbers(model)
     model.fit(images, batch_size=16, epochs=1, shuffle=False, verbose=0)
-    return max(float(np.abs(ops.convert_to_numpy(w) - b).max()) for w, b in zip(model.network.trainable_weights, before))
+    return max(
+        float(np.abs(ops.convert_to_numpy(w) - b).max())
+        for w, b in zip(model.network.trainable_weights, before)
+    )
 
 
 def test_gradient_clipping_bounds_the_update(tiny_images):
     # Adam's first step moves a weight by lr * g / (|g| + eps): about lr whatever the scale of g,
-    # unless clipping shrinks g far below eps (1e-8): then the step becomes about lr * g / eps << lr.
+    # unless clipping shrinks g far below eps (1e-8): then the step becomes about lr * g / eps <<
+    # lr.
     free = one_step_change(tiny_images[:16], grad_clip=0.0)
     clipped = one_step_change(tiny_images[:16], grad_clip=1e-12)
     assert free == pytest.approx(1e-3, rel=0.01)
@@ -73,7 +88,9 @@ def test_a_new_optimizer_after_compile_is_the_one_that_trains(tiny_images):
     model.fit(tiny_images[:16], batch_size=8, epochs=1, verbose=0)
     assert int(model.optimizer.iterations) == 2
     first_momentum = model.optimizer.variables[1]  # the first weight's Adam momentum
-    assert "momentum" in first_momentum.path and np.abs(ops.convert_to_numpy(first_momentum)).max() > 0
+    assert (
+        "momentum" in first_momentum.path and np.abs(ops.convert_to_numpy(first_momentum)).max() > 0
+    )
 
 
 def test_ema_warmup_copies_first_then_follows_the_formula(tiny_images):
@@ -81,9 +98,12 @@ def test_ema_warmup_copies_first_then_follows_the_formula(tiny_images):
     decays = [float(ops.convert_to_numpy(model.ema_decay_at(n))) for n in (1, 2, 11, 10**6)]
     assert decays == pytest.approx([0.0, 1 - 2**-0.75, 1 - 11**-0.75, 0.999], abs=1e-6)
     compile_for_numbers(model)
-    model.fit(tiny_images[:16], batch_size=16, epochs=1, verbose=0)  # decay 0: the EMA is the trained weights
+    # decay 0: the EMA is the trained weights
+    model.fit(tiny_images[:16], batch_size=16, epochs=1, verbose=0)
     for ema, weight in zip(model.ema_network.weights, model.network.weights):
-        np.testing.assert_allclose(ops.convert_to_numpy(ema), ops.convert_to_numpy(weight), atol=1e-7)
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(ema), ops.convert_to_numpy(weight), atol=1e-7
+        )
 
 
 @pytest.mark.parametrize("mode, compute", [("bf16", "bfloat16"), ("fp16", "float16")])
@@ -102,7 +122,9 @@ def test_mixed_precision_step_is_finite(mode, compute, tiny_images):
 
 
 def dataset_with_nan_at(step, batches, batch_size=8):
-    images = np.random.default_rng(0).uniform(-1, 1, (batches * batch_size, 16, 16, 1)).astype("float32")
+    images = (
+        np.random.default_rng(0).uniform(-1, 1, (batches * batch_size, 16, 16, 1)).astype("float32")
+    )
     images[(step - 1) * batch_size] = np.nan
     import tensorflow as tf
 
@@ -113,7 +135,13 @@ def dataset_with_nan_at(step, batches, batch_size=8):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     model = DiffusionModel.from_preset("tiny", seed=0)
     compile_for_numbers(model)
-    with pytest.raises(NonFiniteLossError, match=r"The loss became nan by step 3.*last good checkpoint is .*ckpt-00000002\.keras \(step 2\)"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=(
+            r"The loss became nan by step 3.*last good checkpoint is .*ckpt-00000002\.keras "
+            r"\(step 2\)"
+        ),
+    ):
         config = RunConfig(
             steps=6,
             out_dir=str(tmp_path),
@@ -125,7 +153,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         training.fit(model, dataset_with_nan_at(3, 6), config)
     assert os.listdir(tmp_path / "checkpoints") == ["ckpt-00000002.keras"]
     with open(tmp_path / "metrics.csv") as f:
-        assert [int(row["step"]) for row in csv.DictReader(f)] == [1, 2]  # step 3 raised: no NaN row
+        # step 3 raised: no NaN row
+        assert [int(row["step"]) for row in csv.DictReader(f)] == [1, 2]
 
 
 class SignalAt(keras.callbacks.Callback):
@@ -165,16 +194,25 @@ def test_ctrl_c_stops_after_the_step_and_saves_a_checkpoint(tmp_path, tiny_image
             batch_size=8,
         )
         result = training.fit(model, tiny_images, config, callbacks=[SignalAt(3)])
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # our handler is removed again
+        # our handler is removed again
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, before)
-    assert result.interrupted and result.step == 3 and result.checkpoint.endswith("ckpt-00000003.keras")
+    assert (
+        result.interrupted
+        and result.step == 3
+        and result.checkpoint.endswith("ckpt-00000003.keras")
+    )
     assert os.listdir(tmp_path / "checkpoints") == ["ckpt-00000003.keras"]
     output = capsys.readouterr().out
-    assert "SIGINT: stopping after this step" in output and "step 3/20" in output and "img/s" in output
+    assert (
+        "SIGINT: stopping after this step" in output and "step 3/20" in output and "img/s" in output
+    )
     with open(tmp_path / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["step"]) for r in rows] == [2, 3] and all(float(r["lr"]) == pytest.approx(1e-3) for r in rows)
+    assert [int(r["step"]) for r in rows] == [2, 3] and all(
+        float(r["lr"]) == pytest.approx(1e-3) for r in rows
+    )
 
 
 @pytest.mark.skipif(

@@ -17,9 +17,11 @@ import os
 
 import keras
 
+from keras_ddpm.run_config import DISTRIBUTION_BACKENDS
+
 BACKENDS = ("tensorflow", "torch", "jax")
 # Each data-parallel strategy (`distribution_scope`) and the backend that runs it.
-DISTRIBUTIONS = {"none": None, "mirrored": "tensorflow", "data_parallel": "jax"}
+DISTRIBUTIONS = DISTRIBUTION_BACKENDS
 
 
 def backend_name():

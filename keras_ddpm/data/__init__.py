@@ -27,3 +27,24 @@ from keras_ddpm.data.pipeline import make_dataset
 from keras_ddpm.data.pipeline import num_classes
 from keras_ddpm.data.pipeline import parse_dataset_name
 from keras_ddpm.data.pipeline import tensorflow_installed
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "UnreadableImageError",
+    "list_images",
+    "read_image",
+    "AUTO_CACHE_BYTES",
+    "EMBEDDED_DATASETS",
+    "MNIST_5K_TEST_PER_CLASS",
+    "NO_FLIP_DATASETS",
+    "SHUFFLE_BUFFER",
+    "default_crop",
+    "default_horizontal_flip",
+    "import_tensorflow",
+    "load_arrays",
+    "load_mnist_5k",
+    "make_dataset",
+    "num_classes",
+    "parse_dataset_name",
+    "tensorflow_installed",
+]
