@@ -262,9 +262,10 @@ class SampleGrid(StepCallback):
 class FIDCallback(StepCallback):
     """Measures FID and KID of samples from the EMA weights during `fit`.
 
-    Every `every_n_steps` optimizer steps (or `every_n_epochs` epochs) it draws `num_samples`
-    images with `model.generate` (the same seeds each time, so changes come from the
-    weights) and compares their Inception features with the reference statistics.
+    Every `every_n_steps` optimizer steps (or `every_n_epochs` epochs) it draws
+    `evaluation.num_images` images as `python cli.py eval` does (`evaluation.generated_batches`:
+    the same sampling request, the same seeds each time, so changes come from the weights) and
+    compares their Inception features with the reference statistics.
 
     The values go into the epoch logs as `fid`, `kid` and `kid_std` (so into `History`, and
     into `CSVLogger` / `TensorBoard` callbacks placed after this one); epochs without an
@@ -275,41 +276,35 @@ class FIDCallback(StepCallback):
     Args:
         reference: `fid.FeatureStatistics` of real images (from `fid.reference_statistics`
             with the same extractor), or a dataset name / image folder, whose statistics
-            are computed (and cached in `cache_dir`) when training begins.
-        num_samples: images generated per evaluation (FID is biased upwards for few).
+            are computed (and cached in `evaluation.cache_dir`) when training begins.
+        evaluation: an `evaluation.EvalConfig` (default: its defaults with 1,000 images):
+            `num_images` generated per evaluation (FID is biased upwards for few), the sampling
+            options, `batch_size` (per `generate` call and per Inception pass),
+            `inception_weights`, `cache_dir`, `kid_subsets` and `kid_subset_size`.
         every_n_steps, every_n_epochs: how often; exactly one must be set.
-        extractor: a `fid.FeatureExtractor`; by default InceptionV3 with `inception_weights`,
-            built when training begins.
-        sampler, steps, eta: passed to `model.generate`.
-        batch_size: images per `generate` call and per Inception forward pass.
-        seed: seed of the first sampling batch (batch i uses seed + i).
-        prefix: prepended to the logged names (`prefix + "fid"`...), to tell several apart.
+        extractor: a `fid.FeatureExtractor`; by default InceptionV3 with
+            `evaluation.inception_weights`, built when training begins.
         writer: a `MetricsWriter`; overrides `csv_path` and `log_dir`.
+        prefix: prepended to the logged names (`prefix + "fid"`...), to tell several apart.
     """
 
     def __init__(
         self,
         reference,
-        num_samples=1000,
+        evaluation=None,
         every_n_steps=None,
         every_n_epochs=None,
         extractor=None,
-        inception_weights="imagenet",
-        sampler="ddim",
-        steps=50,
-        eta=0.0,
-        batch_size=50,
-        seed=0,
-        kid_subsets=100,
-        kid_subset_size=1000,
-        cache_dir=None,
+        writer=None,
         csv_path=None,
         log_dir=None,
         prefix="",
         verbose=1,
-        writer=None,
     ):
+        from keras_ddpm.evaluation import EvalConfig
+
         super().__init__()
+        evaluation = evaluation or EvalConfig(num_images=1000)
         if (every_n_steps is None) == (every_n_epochs is None):
             raise ValueError(
                 "Set exactly one of every_n_steps and every_n_epochs. Received: "
@@ -318,24 +313,15 @@ class FIDCallback(StepCallback):
         interval = every_n_steps if every_n_steps is not None else every_n_epochs
         if interval < 1:
             raise ValueError(f"The FID interval must be at least 1. Received: {interval}")
-        if num_samples < 2:
-            raise ValueError(f"FID needs at least 2 samples. Received: num_samples={num_samples}")
+        if evaluation.num_images < 2:
+            raise ValueError(
+                f"FID needs at least 2 samples. Received: num_images={evaluation.num_images}"
+            )
         self.reference = reference
-        self.num_samples = num_samples
+        self.evaluation = evaluation
         self.every_n_steps = every_n_steps
         self.every_n_epochs = every_n_epochs
         self.extractor = extractor
-        self.inception_weights = inception_weights
-        self.sampler = sampler
-        self.steps = steps
-        self.eta = eta
-        self.batch_size = batch_size
-        self.seed = seed
-        self.kid_subsets = kid_subsets
-        self.kid_subset_size = kid_subset_size
-        self.cache_dir = cache_dir
-        self.csv_path = csv_path
-        self.log_dir = log_dir
         self.prefix = prefix
         self.verbose = verbose
         self.evaluations = []
@@ -345,18 +331,21 @@ class FIDCallback(StepCallback):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
+        evaluation = self.evaluation
         if self.extractor is None:
-            self.extractor = fid_lib.inception_v3(self.inception_weights, self.batch_size)
+            self.extractor = fid_lib.inception_v3(
+                evaluation.inception_weights, min(evaluation.batch_size, evaluation.num_images)
+            )
         if isinstance(self.reference, (str, os.PathLike)):
             size, _, channels = self.model.image_shape
             self.reference, _ = fid_lib.reference_statistics(
                 os.fspath(self.reference),
                 size,
                 channels,
-                self.num_samples,
+                evaluation.num_images,
                 self.extractor,
-                self.batch_size,
-                self.cache_dir,
+                evaluation.batch_size,
+                evaluation.cache_dir if evaluation.use_cache else None,
             )
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -386,23 +375,18 @@ class FIDCallback(StepCallback):
     def evaluate(self, logs=None):
         """Samples, extracts features and compares them with the reference; returns the results."""
         sync_model_state(self.model)
-        batches = fid_lib.model_batches(
-            self.model,
-            self.num_samples,
-            self.batch_size,
-            seed=self.seed,
-            sampler=self.sampler,
-            steps=self.steps,
-            eta=self.eta,
-        )
+        evaluation = self.evaluation
+        batches = evaluation.generated_batches(self.model)
         generated = fid_lib.compute_statistics(
-            batches, self.extractor, self.num_samples, progress=self.verbose > 1
+            batches, self.extractor, evaluation.num_images, progress=self.verbose > 1
         )
         results = {
             "step": self.step,
             "epoch": self._epoch + 1,
             "loss": float((logs or {}).get("loss", math.nan)),
-            **fid_lib.compare(generated, self.reference, self.kid_subsets, self.kid_subset_size),
+            **fid_lib.compare(
+                generated, self.reference, evaluation.kid_subsets, evaluation.kid_subset_size
+            ),
         }
         self.evaluations.append(results)
         self._epoch_results = results

@@ -266,39 +266,21 @@ class DiffusionModel(keras.Model):
 
     def _loop_function(self, network, prediction, clip_denoised, guided, whole=True):
         """A compiled `samplers.reverse_steps` over `network`:
-        (x, x0, start, stop, timesteps, coefficients, noises, known, mask, known_noises, labels,
-        guidance) -> (x, x0_hat). `whole`: the loop compiled as one program (XLA on TensorFlow);
+        (x, x0, start, stop, chain, labels, guidance) -> (x, x0_hat), `chain` a
+        `samplers.ChainTensors`. `whole`: the loop compiled as one program (XLA on TensorFlow);
         otherwise the per-step dispatch of a classic loop (for comparison)."""
         key = (network.name, prediction, clip_denoised, guided, whole)
         if key not in self._compiled_steps:
             model_fn = self._model_fn(network, guided)
 
-            def loop(
-                x,
-                x0,
-                start,
-                stop,
-                timesteps,
-                coefficients,
-                noises,
-                known,
-                mask,
-                known_noises,
-                labels,
-                guidance,
-            ):
+            def loop(x, x0, start, stop, chain, labels, guidance):
                 return samplers.reverse_steps(
                     model_fn,
                     x,
                     x0,
                     start,
                     stop,
-                    timesteps,
-                    coefficients,
-                    noises,
-                    known,
-                    mask,
-                    known_noises,
+                    chain,
                     context=(labels, guidance),
                     prediction=prediction,
                     clip_denoised=clip_denoised,

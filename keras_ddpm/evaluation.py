@@ -83,6 +83,21 @@ class EvalConfig:
         )
         return request.resolve(model, max_images=batch_size)
 
+    def generated_batches(self, model, save_dir=None):
+        """`num_images` uint8 images from `model` in batches, each drawn by `sample_request(model)`
+        (batch i with seed + i), also written to `save_dir` as numbered PNGs when given."""
+        from keras_ddpm import fid
+
+        request = self.sample_request(model)
+        return fid.model_batches(
+            model,
+            self.num_images,
+            self.batch_size,
+            save_dir=save_dir,
+            seed=request.seed,
+            **request.generate_options(),
+        )
+
 
 def evaluate(config, echo=None):
     """FID and KID of `config` (an `EvalConfig`): the record `python cli.py eval` prints and writes.
@@ -102,18 +117,10 @@ def evaluate(config, echo=None):
     )
     if config.model_path:
         model = load_model_file(config.model_path)
-        request = config.sample_request(model)
         size, _, channels = model.image_shape
-        generated_batches = fid.model_batches(
-            model,
-            config.num_images,
-            config.batch_size,
-            save_dir=config.gen_data_dir,
-            seed=request.seed,
-            **request.generate_options(),
-        )
+        generated_batches = config.generated_batches(model, save_dir=config.gen_data_dir)
         generated_source = config.model_path
-        sampling = _sampling_record(request)
+        sampling = _sampling_record(config.sample_request(model))
     else:
         from keras_ddpm.data import list_images
         from keras_ddpm.data import read_image

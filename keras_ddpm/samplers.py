@@ -350,21 +350,27 @@ def denoise_step(
     return x_prev, x0
 
 
+class ChainTensors(NamedTuple):
+    """The tensors `reverse_steps` reads for a range of a plan's steps.
+
+    timesteps, coefficients: `plan.timesteps` (int32) and `plan.coefficients()` (one
+        `StepCoefficients` row a step), zero-padded alike.
+    noises: None (deterministic) or z for steps start.. (shape (L, *x.shape), L >= stop - start).
+    known, mask, known_noises: inpainting by replacement (None otherwise): after each step,
+        pixels where `mask` is 1 are set to `known` noised to the next timestep with
+        `known_noises` (shaped as `noises`).
+    """
+
+    timesteps: object
+    coefficients: object
+    noises: object = None
+    known: object = None
+    mask: object = None
+    known_noises: object = None
+
+
 def reverse_steps(
-    model_fn,
-    x,
-    x0,
-    start,
-    stop,
-    timesteps,
-    coefficients,
-    noises=None,
-    known=None,
-    mask=None,
-    known_noises=None,
-    context=(),
-    prediction="epsilon",
-    clip_denoised=True,
+    model_fn, x, x0, start, stop, chain, context=(), prediction="epsilon", clip_denoised=True
 ):
     """Steps `start`..`stop - 1` of a plan as one `ops.fori_loop`; returns (x, x0_hat of the last
     step).
@@ -373,12 +379,9 @@ def reverse_steps(
     Args:
         model_fn: `model_fn(x_t, t, *context)` -> the network's output; t is int32 (N,).
         x, x0: the current sample and the previous step's x0_hat (zeros before the first step).
-        timesteps, coefficients: `plan.timesteps` (int32) and `plan.coefficients()`.
-        noises: None (deterministic) or z for steps start.. (shape (L, *x.shape),
-            L >= stop - start).
-        known, mask, known_noises: inpainting by replacement: after each step, pixels where
-            `mask` is 1 are set to `known` noised to the next timestep with `known_noises`.
+        chain: the plan's `ChainTensors`.
     """
+    timesteps, coefficients, noises, known, mask, known_noises = chain
     batch = ops.shape(x)[0]
 
     def body(i, state):
@@ -430,8 +433,9 @@ def run_plan(
     max_noise_bytes=2**28,
     max_steps_per_call=None,
 ):
-    """Runs a whole plan from x (= x at plan.timesteps[0]) through `run`, a (compiled or plain)
-    `reverse_steps` with model_fn, context and options bound; returns (x, x0_hat).
+    """Runs a whole plan from x (= x at plan.timesteps[0]) through `run(x, x0, start, stop, chain)`,
+    a (compiled or plain) `reverse_steps` with model_fn, context and options bound; returns
+    (x, x0_hat).
 
     The chain runs in as few calls as possible: one, unless `callback(step, t, x, x0_hat)` must see
     the steps in `callback_steps` (default: all), or the per-step noise for the whole chain would
@@ -472,7 +476,8 @@ def run_plan(
             known_noises = draw_noises(
                 plan, start, stop, length, shape, seed_generator, only_stochastic=False
             )
-        x, x0 = run(x, x0, start, stop, timesteps, coefficients, noises, known, mask, known_noises)
+        chain = ChainTensors(timesteps, coefficients, noises, known, mask, known_noises)
+        x, x0 = run(x, x0, start, stop, chain)
         if callback is not None and stop - 1 in callback_steps:
             callback(stop - 1, int(plan.timesteps[stop - 1]), x, x0)
         start = stop

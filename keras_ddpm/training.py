@@ -398,13 +398,21 @@ def _fid_callbacks(config, model, writer, echo):
     """[FIDCallback] for `fid_every`: reference statistics first, so bad weights fail before
     training."""
     from keras_ddpm import fid
+    from keras_ddpm.evaluation import EvalConfig
 
+    evaluation = EvalConfig(
+        num_images=config.fid_samples,
+        batch_size=min(50, config.fid_samples),
+        steps=config.fid_steps,
+        inception_weights=config.inception_weights,
+    )
     if config.fid_steps > model.schedule.timesteps:
         raise ValueError(
             f"--fid-steps {config.fid_steps} exceeds the model's {model.schedule.timesteps} "
             "training timesteps."
         )
-    extractor = fid.inception_v3(config.inception_weights, batch_size=min(50, config.fid_samples))
+    evaluation.sample_request(model)  # a bad sampling option fails before training
+    extractor = fid.inception_v3(config.inception_weights, batch_size=evaluation.batch_size)
     size, _, channels = model.image_shape
     echo(f"reference statistics of {config.dataset} ({config.fid_samples} images at most)")
     reference, _ = fid.reference_statistics(
@@ -420,14 +428,12 @@ def _fid_callbacks(config, model, writer, echo):
     )
     callback = FIDCallback(
         reference,
-        config.fid_samples,
+        evaluation,
         every_n_steps=config.fid_every,
         extractor=extractor,
-        steps=config.fid_steps,
-        batch_size=extractor.batch_size,
+        writer=writer,
         csv_path=os.path.join(config.out_dir, "metrics.csv"),
         log_dir=os.path.join(config.out_dir, "logs"),
-        writer=writer,
     )
     return [callback]
 

@@ -15,6 +15,7 @@ from PIL import Image
 from keras_ddpm import DiffusionModel
 from keras_ddpm import fid
 from keras_ddpm.callbacks import FIDCallback
+from keras_ddpm.evaluation import EvalConfig
 
 
 def tiny_extractor(batch_size=4):
@@ -64,12 +65,9 @@ def test_fid_during_fit_goes_into_history_csv_and_tensorboard(
     extractor, real = reference
     every_epoch = FIDCallback(
         real,
-        num_samples=4,
+        EvalConfig(num_images=4, steps=2, batch_size=4, kid_subsets=2),
         every_n_epochs=1,
         extractor=extractor,
-        steps=2,
-        batch_size=4,
-        kid_subsets=2,
         csv_path=str(tmp_path / "metrics.csv"),
         log_dir=str(tmp_path / "logs"),
         verbose=0,
@@ -78,13 +76,15 @@ def test_fid_during_fit_goes_into_history_csv_and_tensorboard(
     # training begins.
     every_3_steps = FIDCallback(
         write_images(str(tmp_path / "real"), 4),
-        num_samples=4,
+        EvalConfig(
+            num_images=4,
+            steps=2,
+            batch_size=4,
+            kid_subsets=2,
+            inception_weights=inception_weights,
+            cache_dir=str(tmp_path / "cache"),
+        ),
         every_n_steps=3,
-        inception_weights=inception_weights,
-        steps=2,
-        batch_size=4,
-        kid_subsets=2,
-        cache_dir=str(tmp_path / "cache"),
         prefix="inception_",
         verbose=0,
     )
@@ -140,12 +140,9 @@ def test_fid_samples_come_from_the_ema_weights(reference):
     model = DiffusionModel.from_preset("tiny", seed=0)
     callback = FIDCallback(
         real,
-        4,
+        EvalConfig(num_images=4, steps=2, batch_size=4, kid_subsets=2),
         every_n_steps=1,
         extractor=extractor,
-        steps=2,
-        batch_size=4,
-        kid_subsets=2,
         verbose=0,
     )
     callback.set_model(model)
@@ -162,13 +159,13 @@ def test_fid_samples_come_from_the_ema_weights(reference):
 def test_bad_arguments_are_rejected(reference):
     _, real = reference
     with pytest.raises(ValueError, match="exactly one of every_n_steps and every_n_epochs"):
-        FIDCallback(real, 4)
+        FIDCallback(real, EvalConfig(num_images=4))
     with pytest.raises(ValueError, match="exactly one"):
-        FIDCallback(real, 4, every_n_steps=1, every_n_epochs=1)
+        FIDCallback(real, EvalConfig(num_images=4), every_n_steps=1, every_n_epochs=1)
     with pytest.raises(ValueError, match="at least 1"):
-        FIDCallback(real, 4, every_n_steps=0)
+        FIDCallback(real, EvalConfig(num_images=4), every_n_steps=0)
     with pytest.raises(ValueError, match="at least 2 samples"):
-        FIDCallback(real, 1, every_n_steps=1)
+        FIDCallback(real, EvalConfig(num_images=1), every_n_steps=1)
 
 
 @pytest.mark.once
@@ -235,8 +232,9 @@ def test_cli_train_fid_every_wires_a_callback_into_fit(tmp_path, monkeypatch):
     assert (
         isinstance(callback, FIDCallback)
         and callback.every_n_steps == 2
-        and callback.num_samples == 4
-        and callback.steps == 2
+        and callback.evaluation.num_images == 4
+        and callback.evaluation.steps == 2
+        and callback.evaluation.inception_weights == "my/weights.h5"
     )
     assert weights_asked == [("my/weights.h5", 4)]
     with open(out / "metrics.csv") as f:

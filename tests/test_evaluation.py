@@ -67,8 +67,10 @@ def test_a_folder_against_itself_scores_zero(tmp_path, monkeypatch):
     record = evaluation.evaluate(config, echo=messages.append)
     assert messages == [f"generated images from {images} (16x16x1)", f"real images from {images}"]
     assert record["num_generated"] == record["num_real"] == 6
-    # The same features on both sides: FID is 0, KID (unbiased, so it may dip below 0) about 0.
-    assert record["fid"] == pytest.approx(0.0, abs=1e-6) and abs(record["kid"]) < 1e-4
+    # The same features on both sides: FID is 0; KID (unbiased, over random subsets, so it may dip
+    # below 0) is 0 within its spread over the subsets.
+    assert record["fid"] == pytest.approx(0.0, abs=1e-6)
+    assert abs(record["kid"]) <= 3 * record["kid_std"] + 1e-6
     assert record["sampling"] is None and record["image_shape"] == [16, 16, 1]
     assert record["reference_cache"] is None and record["inception_weights"] == "tiny-test"
     assert record["backend"] == keras.backend.backend() and record["note"] == fid.NOTE

@@ -84,8 +84,9 @@ def compute_dtype_problem(dtype):
     sentence; None where it can.
 
     Asked when a mixed precision policy is set, so that a missing kernel stops a run before it
-    trains rather than in its first backward pass. Only PyTorch is asked, whose CPU kernels for
-    bfloat16 and float16 came one by one over its releases.
+    trains rather than in its first backward pass. PyTorch (whose CPU kernels for bfloat16 and
+    float16 came one by one over its releases) and JAX (whose CPU compiler lacks a float16
+    attention product) are asked; TensorFlow computes both.
     """
     own = _own("compute_dtype_problem")
     return own(dtype) if own else None

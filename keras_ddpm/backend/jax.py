@@ -1,6 +1,7 @@
 """The JAX backend: its stateless training step (`jax.value_and_grad`), `jax.jit` compilation of
 inference and sampling loops, `keras.distribution.DataParallel`, and XLA's CPU flags."""
 
+import functools
 import os
 
 import jax
@@ -83,3 +84,32 @@ def compile_inference(fn, variables, jit_compile=False):
 
     compiled = jax.jit(pure)
     return lambda *args: compiled([v.value for v in variables], *args)
+
+
+# Mixed precision.
+
+
+@functools.cache
+def compute_dtype_problem(dtype):
+    """Why JAX cannot train the network in `dtype` on its default device, as one sentence; None
+    where it can. XLA's CPU compiler has no float16 matrix product that accumulates in float32,
+    which Keras' attention asks for. The probe: a convolution, a dense product and attention in
+    `dtype`, differentiated under `jax.jit` as a training step is."""
+    if dtype == "float32":
+        return None
+
+    def loss(kernel, weights, x):
+        h = keras.ops.matmul(keras.ops.conv(x, kernel, padding="same"), weights)
+        q = keras.ops.reshape(h, (1, 16, 1, 8))
+        return keras.ops.sum(keras.ops.cast(keras.ops.dot_product_attention(q, q, q), "float32"))
+
+    key = jax.random.PRNGKey(0)
+    arrays = [jax.random.normal(key, shape).astype(dtype) for shape in ((3, 3, 8, 8), (8, 8))]
+    arrays.append(jax.random.normal(key, (1, 4, 4, 8)).astype(dtype))
+    try:
+        jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*arrays)
+    except (ValueError, RuntimeError, NotImplementedError) as error:
+        reason = str(error).strip().splitlines()[0]
+        platform = jax.devices()[0].platform
+        return f"JAX {jax.__version__} cannot train in {dtype} on this {platform} ({reason})."
+    return None

@@ -43,21 +43,10 @@ class ArrayBatches(keras.utils.PyDataset):
     With `repeat` the dataset is infinite (`num_batches` is None), reshuffled on every pass.
     """
 
-    def __init__(
-        self,
-        images,
-        labels,
-        image_size,
-        image_channels,
-        batch_size,
-        with_labels=False,
-        shuffle=True,
-        repeat=True,
-        horizontal_flip=False,
-        seed=None,
-        drop_remainder=True,
-    ):
+    def __init__(self, images, labels, image_size, image_channels, batch_size, options):
+        """`options`: the `DatasetOptions` of `make_dataset` (labels, order, flips, remainder)."""
         super().__init__()
+        seed, drop_remainder = options.seed, options.drop_remainder
         self.images = prepare_arrays(images, image_size, image_channels)
         self.labels = np.asarray(labels, np.int32)
         if drop_remainder and len(self.images) < batch_size:
@@ -65,10 +54,10 @@ class ArrayBatches(keras.utils.PyDataset):
                 f"The dataset has {len(self.images)} images, fewer than one batch of {batch_size}."
             )
         self.batch_size = batch_size
-        self.with_labels = with_labels
-        self.shuffle = shuffle
-        self.repeat = repeat
-        self.horizontal_flip = horizontal_flip
+        self.with_labels = options.with_labels
+        self.shuffle = options.shuffle
+        self.repeat = options.repeat
+        self.horizontal_flip = options.horizontal_flip
         self.seed = seed if seed is not None else int(np.random.default_rng().integers(2**31))
         full, rest = divmod(len(self.images), batch_size)
         self.batches_per_pass = full + (0 if drop_remainder or not rest else 1)

@@ -21,6 +21,7 @@ GPU under TensorFlow). Per-dataset preprocessing follows the papers: CelebA is D
 antialiasing (see `keras_ddpm.data.transforms`).
 """
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -207,23 +208,38 @@ def _prefetch_device(prefetch_to_device):
     return backend.prefetch_device()
 
 
-def make_dataset(
-    name,
-    image_size,
-    image_channels,
-    batch_size,
-    with_labels=False,
-    shuffle=True,
-    repeat=True,
-    horizontal_flip=False,
-    seed=None,
-    data_dir=None,
-    crop="auto",
-    cache=None,
-    drop_remainder=True,
-    shuffle_buffer=SHUFFLE_BUFFER,
-    prefetch_to_device="auto",
-):
+@dataclasses.dataclass(frozen=True)
+class DatasetOptions:
+    """How `make_dataset` reads, orders and batches a dataset.
+
+    with_labels: yield (images, labels) instead of images.
+    shuffle, repeat: training uses both; streaming every image once (FID) uses neither (with
+        `drop_remainder=False` to keep the last, partial batch).
+    horizontal_flip: flip each image left-right with probability 1/2.
+    seed: seeds the shuffles and flips; the same seed gives the same batches.
+    data_dir: tfds' data directory (default ~/tensorflow_datasets).
+    crop: "auto" (`default_crop(name)`), "center", "celeba" or "none".
+    cache: None/False (no cache), "memory"/True, "auto" (memory when the resized dataset is
+        known to fit in 2 GiB), or a folder for cache files.
+    drop_remainder: drop the last, partial batch.
+    shuffle_buffer: examples in the shuffle buffer where the whole dataset is not shuffled.
+    prefetch_to_device: "auto" (the GPU under TensorFlow), None, or a device name.
+    """
+
+    with_labels: bool = False
+    shuffle: bool = True
+    repeat: bool = True
+    horizontal_flip: bool = False
+    seed: int = None
+    data_dir: str = None
+    crop: str = "auto"
+    cache: object = None
+    drop_remainder: bool = True
+    shuffle_buffer: int = SHUFFLE_BUFFER
+    prefetch_to_device: object = "auto"
+
+
+def make_dataset(name, image_size, image_channels, batch_size, options=None, **changes):
     """A batched, prefetched `tf.data.Dataset` of float32 images in [-1, 1] (and int32 labels).
 
     Without TensorFlow (a JAX or PyTorch machine), the embedded datasets come as an
@@ -233,41 +249,22 @@ def make_dataset(
         name: "mnist_5k[:split]", a tfds image dataset "name[:split]", or a folder path.
         image_size, image_channels: the model's; grayscale and RGB are converted as needed.
         batch_size: examples a batch.
-        with_labels: yield (images, labels) instead of images.
-        shuffle, repeat: training uses both; streaming every image once (FID) uses neither
-            (with `drop_remainder=False` to keep the last, partial batch).
-        horizontal_flip: flip each image left-right with probability 1/2.
-        seed: seeds the shuffles and flips; the same seed gives the same batches.
-        data_dir: tfds' data directory (default ~/tensorflow_datasets).
-        crop: "auto" (`default_crop(name)`), "center", "celeba" or "none".
-        cache: None/False (no cache), "memory"/True, "auto" (memory when the resized
-            dataset is known to fit in 2 GiB), or a folder for cache files.
-        drop_remainder: drop the last, partial batch.
-        shuffle_buffer: examples in the shuffle buffer where the whole dataset is not shuffled.
-        prefetch_to_device: "auto" (the GPU under TensorFlow), None, or a device name.
+        options: a `DatasetOptions` (default: its defaults), with `changes` (its field names,
+            e.g. `with_labels=True, seed=0`) applied.
     """
+    options = dataclasses.replace(options or DatasetOptions(), **changes)
+    with_labels, shuffle, repeat = options.with_labels, options.shuffle, options.repeat
+    seed, cache, drop_remainder = options.seed, options.cache, options.drop_remainder
     embedded = not folder.is_folder_name(name) and parse_dataset_name(name)[0] in EMBEDDED_DATASETS
     if embedded and not tensorflow_installed():
         from keras_ddpm.data.arrays import ArrayBatches
 
         images, labels = load_arrays(name)
-        return ArrayBatches(
-            images,
-            labels,
-            image_size,
-            image_channels,
-            batch_size,
-            with_labels,
-            shuffle,
-            repeat,
-            horizontal_flip,
-            seed,
-            drop_remainder,
-        )
+        return ArrayBatches(images, labels, image_size, image_channels, batch_size, options)
     from keras_ddpm.data import transforms
 
     tf = import_tensorflow()
-    crop = default_crop(name) if crop == "auto" else crop
+    crop = default_crop(name) if options.crop == "auto" else options.crop
     if crop not in transforms.CROPS:
         raise ValueError(
             f"crop must be 'auto' or one of {transforms.CROPS}. Received: crop={crop!r}"
@@ -277,7 +274,7 @@ def make_dataset(
     elif embedded:
         source = _array_source(name, crop)
     else:
-        source = _tfds_source(name, crop, data_dir, shuffle, seed)
+        source = _tfds_source(name, crop, options.data_dir, shuffle, seed)
     if with_labels and not source.num_classes:
         raise ValueError(
             f"Dataset {name!r} has no labels; use a labelled dataset or train without labels."
@@ -292,7 +289,7 @@ def make_dataset(
         fits = count is not None and count * image_size**2 * image_channels <= AUTO_CACHE_BYTES
         cache = "memory" if fits else None
     cache = "memory" if cache is True else (cache or None)
-    buffer = min(shuffle_buffer, count) if count else shuffle_buffer
+    buffer = min(options.shuffle_buffer, count) if count else options.shuffle_buffer
 
     def prepare(payload, label):
         image, label, ok = source.decode(payload, label)
@@ -326,7 +323,7 @@ def make_dataset(
 
     def finish(index, batch):
         images, labels = batch
-        if horizontal_flip:  # on uint8: a quarter of the bytes of float32
+        if options.horizontal_flip:  # on uint8: a quarter of the bytes of float32
             images = transforms.random_flip_batch(
                 images, tf.stack([tf.constant(flip_seed, tf.int64), index])
             )
@@ -334,10 +331,10 @@ def make_dataset(
         return (images, labels) if with_labels else images
 
     batches = batches.enumerate().map(finish, num_parallel_calls=tf.data.AUTOTUNE)
-    options = tf.data.Options()
-    options.deterministic = seed is not None or not shuffle
-    batches = batches.with_options(options)
-    device = _prefetch_device(prefetch_to_device)
+    tf_options = tf.data.Options()
+    tf_options.deterministic = seed is not None or not shuffle
+    batches = batches.with_options(tf_options)
+    device = _prefetch_device(options.prefetch_to_device)
     if device:
         return batches.apply(tf.data.experimental.prefetch_to_device(device))
     return batches.prefetch(tf.data.AUTOTUNE)
