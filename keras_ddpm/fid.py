@@ -14,6 +14,7 @@ These FIDs use Keras' ImageNet InceptionV3 weights, not the 2015 TensorFlow Ince
 of the published numbers: they compare with each other, not with the papers.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -384,12 +385,10 @@ def dataset_batches(name, image_size, image_channels, batch_size, **data_options
     `data_options` (`data_dir`, `crop`...) go to `make_dataset`, so real images get the
     training preprocessing (crop, resize to the model's size) before Inception's.
     """
-    import inspect
-
     from keras_ddpm import data
     from keras_ddpm.diffusion_model import to_uint8
 
-    accepted = inspect.signature(data.make_dataset).parameters
+    accepted = {field.name for field in dataclasses.fields(data.DatasetOptions)}
     options = {
         "with_labels": False,
         "shuffle": False,
