@@ -10,7 +10,8 @@ import os
 import keras
 import numpy as np
 import pytest
-from PIL import Image
+from fid_testing import tiny_extractor
+from fid_testing import write_images
 
 from keras_ddpm import DiffusionModel
 from keras_ddpm import fid
@@ -18,33 +19,10 @@ from keras_ddpm.callbacks import FIDCallback
 from keras_ddpm.evaluation import EvalConfig
 
 
-def tiny_extractor(batch_size=4):
-    """A cheap stand-in for InceptionV3 with the same interface (32x32 input, 8-d features)."""
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((32, 32, 3)),
-            keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
-            keras.layers.GlobalAveragePooling2D(),
-        ]
-    )
-    return fid.FeatureExtractor(model, "tiny-test", input_size=32, batch_size=batch_size)
-
-
-def write_images(directory, count, size=16):
-    os.makedirs(directory, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(
-            os.path.join(directory, f"{i:03d}.png")
-        )
-    return directory
-
-
 @pytest.fixture
 def reference(tiny_images):
     """The tiny extractor and its statistics of 16 'real' images."""
-    extractor = tiny_extractor()
+    extractor = tiny_extractor(batch_size=4)
     real = ((tiny_images[:16] + 1) * 127.5).astype(np.uint8)
     return extractor, fid.FeatureStatistics().update(extractor(real))
 
@@ -200,7 +178,7 @@ def test_cli_train_fid_every_wires_a_callback_into_fit(tmp_path, monkeypatch):
 
     def tiny_inception(weights="imagenet", batch_size=50):
         weights_asked.append((weights, batch_size))
-        return tiny_extractor(batch_size)
+        return tiny_extractor(batch_size=batch_size)
 
     monkeypatch.setattr(DiffusionModel, "fit", hooks_only_fit)
     monkeypatch.setattr(fid, "inception_v3", tiny_inception)

@@ -3,13 +3,12 @@
 
 import dataclasses
 import json
-import os
 
 import keras
-import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
+from fid_testing import tiny_extractor
+from fid_testing import write_images
 
 from keras_ddpm import DiffusionModel
 from keras_ddpm import evaluation
@@ -18,30 +17,13 @@ from keras_ddpm import samplers
 from keras_ddpm.cli import cli
 from keras_ddpm.evaluation import EvalConfig
 
+
+def tiny_inception(weights="imagenet", batch_size=4):
+    """`fid.inception_v3`'s stand-in."""
+    return tiny_extractor(batch_size=batch_size)
+
+
 pytestmark = pytest.mark.once  # the eval pipeline is backend-free (tests/backend/test_isolation.py)
-
-
-def tiny_extractor(weights="imagenet", batch_size=4):
-    """A cheap stand-in for `fid.inception_v3` (32x32 input, 8-d features)."""
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((32, 32, 3)),
-            keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
-            keras.layers.GlobalAveragePooling2D(),
-        ]
-    )
-    return fid.FeatureExtractor(model, "tiny-test", input_size=32, batch_size=batch_size)
-
-
-def write_images(directory, count, size=16, seed=0, high=256):
-    """`count` grayscale PNGs of uniform noise in [0, high)."""
-    os.makedirs(directory, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        pixels = rng.integers(0, high, (size, size), dtype=np.uint8)
-        Image.fromarray(pixels).save(os.path.join(directory, f"{i:03d}.png"))
-    return str(directory)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +34,7 @@ def model_path(tmp_path_factory):
 
 
 def test_a_folder_against_itself_scores_zero(tmp_path, monkeypatch):
-    monkeypatch.setattr(fid, "inception_v3", tiny_extractor)
+    monkeypatch.setattr(fid, "inception_v3", tiny_inception)
     images = write_images(tmp_path / "images", 6)
     messages = []
     config = EvalConfig(
@@ -100,7 +82,7 @@ def test_eval_draws_with_the_plan_that_sample_uses(model_path, tmp_path, monkeyp
     monkeypatch.setattr(samplers, "make_plan", recorded)
     # The chains are not run (x_T comes back as the sample): only their plans matter here.
     monkeypatch.setattr(samplers, "run_plan", lambda run, x, plan, *args, **kwargs: (x, x))
-    monkeypatch.setattr(fid, "inception_v3", tiny_extractor)
+    monkeypatch.setattr(fid, "inception_v3", tiny_inception)
     sample_args = ["sample", "--model", model_path, "--sampler", "dpm_solver", "--batch-size", "2"]
     result = CliRunner().invoke(cli, [*sample_args, "--save-path", str(tmp_path / "grid.png")])
     assert result.exit_code == 0, result.output

@@ -5,9 +5,10 @@ import hashlib
 import json
 import os
 
-import keras
 import numpy as np
 import pytest
+from fid_testing import tiny_extractor
+from fid_testing import write_images
 from PIL import Image
 
 from keras_ddpm import fid
@@ -32,19 +33,6 @@ def closed_form_fid(m1, s1, m2, s2):
         + np.trace(s2)
         - 2 * np.trace(symmetric_sqrt(root @ s2 @ root))
     )
-
-
-def tiny_extractor(name="tiny-test", batch_size=8, seed=0):
-    """A cheap stand-in for InceptionV3 with the same interface (32x32 input, 8-d features)."""
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential(
-        [
-            keras.Input((32, 32, 3)),
-            keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
-            keras.layers.GlobalAveragePooling2D(),
-        ]
-    )
-    return fid.FeatureExtractor(model, name, input_size=32, batch_size=batch_size)
 
 
 # Frechet distance.
@@ -362,15 +350,6 @@ def test_random_weights_are_not_cached(tmp_path):
         folder, 16, 1, 4, tiny_extractor(name=None), batch_size=8, cache_dir=str(tmp_path / "cache")
     )
     assert path is None and not os.path.exists(tmp_path / "cache")
-
-
-def write_images(directory, count, size=16, seed=0):
-    os.makedirs(directory, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(
-            os.path.join(directory, f"{i:03d}.png")
-        )
 
 
 @pytest.mark.once
