@@ -101,7 +101,11 @@ def sampling_click_options(**help_texts):
         "sampler": f"[default: ddpm for {stochastic}, ddim otherwise]",
         "steps": f"Denoising steps [default: {steps}].",
         "eta": "DDIM eta (0: deterministic).",
-        "skip": f"Timestep spacing [default: {skips}].",
+        "skip": (
+            "Timestep spacing: uniform = DDIM's range(0, T, T//S) (= diffusers' DDIM default, so "
+            "DDIM's Table 1 reproduces), quadratic = DDIM's, linspace / trailing = diffusers', "
+            f"logsnr = DPM-Solver's [default: {skips}]."
+        ),
         "variance": "DDPM variance.",
         "guidance": "Classifier-free guidance weight w (0: plain conditional sampling).",
         "seed": None,

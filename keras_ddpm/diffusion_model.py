@@ -316,23 +316,16 @@ class DiffusionModel(keras.Model):
         self,
         num_images=None,
         noise=None,
-        sampler="ddim",
-        steps=50,
-        eta=0.0,
         seed=None,
         class_labels=None,
         guidance=0.0,
-        skip=None,
-        variance="fixed_small",
-        clip_denoised=True,
-        use_ema=True,
         callback=None,
-        return_uint8=True,
         callback_steps=None,
         start_timestep=None,
-        known_images=None,
-        known_mask=None,
+        known=None,
+        return_uint8=True,
         compile_loop=True,
+        **settings,
     ):
         """Samples images by running the reverse process from x_T (or from x_t at `start_timestep`).
 
@@ -340,34 +333,38 @@ class DiffusionModel(keras.Model):
             num_images: how many images; may be omitted when `noise` is given.
             noise: x_T, shape (N, H, W, C) (x_t with `start_timestep`); drawn from `seed`
                 when omitted.
-            sampler: "ddim", "ddpm" or "dpm_solver" (DPM-Solver++(2M); 20 steps ~ DDIM 50+).
-            steps: number of denoising steps (DDPM: a uniform sub-sequence when < T).
-            eta: DDIM's eta (0: deterministic; 1: DDPM-like).
             seed: seed for x_T and the per-step noise; the same seed gives the same images.
             class_labels: one label or one per image (class-conditional models).
             guidance: classifier-free guidance weight w (0: plain conditional sampling).
-            skip: timestep spacing, "uniform", "quadratic" or "logsnr" (None: uniform for ddim,
-                logsnr for dpm_solver; ddpm is always uniform).
-            variance: DDPM's sigma_t^2, "fixed_small" (beta-tilde) or "fixed_large" (beta).
-            clip_denoised: clip the predicted x_0 to [-1, 1] at every step.
-            use_ema: sample with the EMA weights (default) or the trained ones.
             callback: called as `callback(step, t, x_t, x0_hat)` after every step (numpy-convertible
                 tensors; x_t is the sample after the step), or only after `callback_steps`.
-            return_uint8: uint8 images in [0, 255] (default) or float32 in [-1, 1].
             callback_steps: step indices after which `callback` runs (default: all); the chain is
                 compiled between them, so few callback steps cost little.
             start_timestep: begin the chain at this t (`noise` is then x_t, e.g. a noised image).
-            known_images, known_mask: inpainting by replacement: where `known_mask` (N or 1, H, W,
-                1 or C) is 1, the sample is replaced after every step by `known_images` ([-1, 1])
-                noised to the next timestep.
+            known: inpainting by replacement, `(images, mask)`: where the mask (N or 1, H, W, 1 or
+                C) is 1, the sample is replaced after every step by the images ([-1, 1]) noised
+                to the next timestep.
+            return_uint8: uint8 images in [0, 255] (default) or float32 in [-1, 1].
             compile_loop: compile the whole chain as one program (default) or dispatch every step.
+            **settings: the `samplers.SamplerSettings` fields: sampler ("ddim", "ddpm" or
+                "dpm_solver"; DPM-Solver++(2M) in 20 steps ~ DDIM in 50+), steps (50), eta (DDIM's,
+                0: deterministic), skip (the timestep spacing, one of `sampling_options.SKIPS`;
+                None: DDIM's "uniform" for ddim, "linspace" for ddpm, "logsnr" for dpm_solver),
+                variance (DDPM's sigma_t^2, "fixed_small" = beta-tilde or "fixed_large" = beta),
+                clip_denoised (clip x0_hat to [-1, 1] at every step, default True), use_ema
+                (sample with the EMA weights, default, or the trained ones).
 
         Returns:
             A numpy array (N, H, W, C).
         """
-        plan = samplers.make_plan(
-            self.schedule, sampler, steps, eta, skip, variance, start_timestep
-        )
+        unknown = sorted(set(settings) - set(samplers.SamplerSettings.names()))
+        if unknown:
+            raise TypeError(
+                f"generate() got unexpected keyword arguments {unknown}; its sampler settings "
+                f"are {', '.join(samplers.SamplerSettings.names())}."
+            )
+        settings = samplers.SamplerSettings(**settings)
+        plan = settings.plan(self.schedule, start_timestep)
         seed_generator = backend.seed_generator(seed)
         if noise is None:
             if not num_images or num_images < 1:
@@ -387,15 +384,13 @@ class DiffusionModel(keras.Model):
         guided = labels is not None and guidance != 0
         if labels is not None:
             labels = ops.convert_to_tensor(labels)
-        known = mask = None
-        if known_images is not None or known_mask is not None:
-            known = np.broadcast_to(
-                np.asarray(known_images, dtype=np.float32), (num_images, *self.image_shape)
+        mask = None
+        if known is not None:
+            shape = (num_images, *self.image_shape)
+            known, mask = (
+                ops.convert_to_tensor(np.array(np.broadcast_to(np.float32(array), shape)))
+                for array in known
             )
-            mask = np.broadcast_to(
-                np.asarray(known_mask, dtype=np.float32), (num_images, *self.image_shape)
-            )
-            known, mask = ops.convert_to_tensor(known.copy()), ops.convert_to_tensor(mask.copy())
             t0 = int(plan.timesteps[0])
             start = keras.random.normal(ops.shape(x), seed=seed_generator)
             noised = (
@@ -403,9 +398,9 @@ class DiffusionModel(keras.Model):
                 + self.schedule.sqrt_one_minus_alphas_cumprod[t0] * start
             )
             x = mask * ops.cast(noised, "float32") + (1.0 - mask) * x
-        network = self.ema_network if use_ema else self.network
+        network = self.ema_network if settings.use_ema else self.network
         loop = self._loop_function(
-            network, self.config.diffusion.prediction, clip_denoised, guided, compile_loop
+            network, self.config.diffusion.prediction, settings.clip_denoised, guided, compile_loop
         )
         guidance = ops.convert_to_tensor(guidance, "float32")
 

@@ -119,11 +119,7 @@ class SampleRequest(SamplingOptions):
         guided = 2 if model.num_classes and self.guidance != 0 else 1
 
         def chain(start=None):  # the steps of one chain: `DiffusionModel.generate`'s plan
-            return len(
-                samplers.make_plan(
-                    schedule, self.sampler, self.steps, self.eta, self.skip, self.variance, start
-                )
-            )
+            return len(samplers.SamplerSettings.pick(self.generate_options()).plan(schedule, start))
 
         if (
             self.mode == "interpolation" and self.interpolation_space == "latent"
@@ -313,19 +309,13 @@ class StepReporter:
         return getattr(self._model, name)
 
     def generate(self, num_images=None, noise=None, callback=None, callback_steps=None, **kwargs):
-        plan_options = {
-            k: kwargs[k] for k in ("sampler", "steps", "eta", "skip", "variance") if k in kwargs
-        }
-        total = len(
-            samplers.make_plan(
-                self._model.schedule, start=kwargs.get("start_timestep"), **plan_options
-            )
-        )
+        settings = samplers.SamplerSettings.pick(kwargs)
+        total = len(settings.plan(self._model.schedule, kwargs.get("start_timestep")))
         wanted = None if callback_steps is None else set(callback_steps)
         self.chains += 1
         chain = self.chains
         self._report(0, total, chain)
-        if kwargs.get("known_images") is not None:
+        if kwargs.get("known") is not None:
             images = self._model.generate(
                 num_images, noise, callback=callback, callback_steps=callback_steps, **kwargs
             )

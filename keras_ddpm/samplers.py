@@ -31,6 +31,7 @@ rows a step reads as a `StepCoefficients`.
 `run_plan` drives it (noise, callbacks) and works on an uncompiled function as well.
 """
 
+import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -47,10 +48,17 @@ from keras_ddpm.sampling_options import default_skip
 def ddim_timesteps(num_train_timesteps, steps, skip="uniform", start=None):
     """The timesteps a `steps`-step sampler visits, in sampling order (descending).
 
-    `uniform`: evenly spaced from T - 1 (or `start`) down to 0, both ends included.
+    With T' = T (or `start` + 1) training timesteps to cover:
+    `uniform`: DDIM's `range(0, T', T' // S)` (Song et al. 2020, the code behind Table 1;
+        diffusers' DDIMScheduler "leading"): 900, 800, ..., 0 for S = 10 of T = 1000. When S
+        does not divide T' this gives a few more than S steps, as DDIM's code does.
     `quadratic`: DDIM's `(linspace(0, sqrt(0.8 T), S) ** 2)` truncated to integers
-    (`linspace(0, sqrt(start), S) ** 2` from a given `start`); repeated values (near t = 0
-    for large S) are dropped, so fewer steps may remain.
+        (`linspace(0, sqrt(start), S) ** 2` from a given `start`).
+    `linspace`: `round(linspace(0, T' - 1, S))`, both ends included (diffusers' "linspace").
+    `trailing`: `round(arange(T', 0, -T' / S)) - 1`, from T' - 1 down to T' / S - 1
+        (diffusers' "trailing", Lin et al. 2023 table 2).
+    Repeated values (`quadratic` near t = 0 for large S) are dropped, so fewer steps may remain:
+    with eta = 0 a DDIM step from t to the same t returns its input, so the images are the same.
     `start` begins the chain at an intermediate timestep (a noised real image); `steps` is
     then capped at start + 1.
     """
@@ -66,17 +74,21 @@ def ddim_timesteps(num_train_timesteps, steps, skip="uniform", start=None):
             f"steps must be between 1 and the {num_train_timesteps} training timesteps. "
             f"Received: steps={steps}"
         )
-    last = num_train_timesteps - 1 if start is None else start
+    span = num_train_timesteps if start is None else start + 1  # T'
     if skip == "uniform":
-        timesteps = np.round(np.linspace(0, last, steps)).astype(np.int64)
-        if steps == 1:
-            timesteps = np.array([last])
+        timesteps = np.arange(0, span, span // steps)
     elif skip == "quadratic":
         end = np.sqrt(num_train_timesteps * 0.8) if start is None else np.sqrt(start)
         timesteps = (np.linspace(0, end, steps) ** 2).astype(np.int64)
+    elif skip == "linspace":
+        timesteps = np.round(np.linspace(0, span - 1, steps)).astype(np.int64)
+        if steps == 1:
+            timesteps = np.array([span - 1])
+    elif skip == "trailing":
+        timesteps = np.round(np.arange(span, 0, -span / steps)).astype(np.int64) - 1
     else:
         raise ValueError(f"skip must be one of {SKIPS}. Received: skip={skip!r}")
-    return np.unique(timesteps)[::-1].copy()
+    return np.unique(timesteps.astype(np.int64))[::-1].copy()
 
 
 def logsnr_timesteps(schedule, steps, start=None):
@@ -84,7 +96,7 @@ def logsnr_timesteps(schedule, steps, start=None):
     T - 1 (or `start`) down to 0, each the nearest integer timestep (DPM-Solver's recommended
     "logSNR" spacing, Lu et al. 2022 sec. 3.3); repeats are dropped, as for `quadratic`."""
     last = schedule.timesteps - 1 if start is None else start
-    ddim_timesteps(schedule.timesteps, steps, "uniform", start)  # validates steps and start
+    ddim_timesteps(schedule.timesteps, steps, "linspace", start)  # validates steps and start
     lambdas = 0.5 * (np.log(schedule.alphas_cumprod) - np.log1p(-schedule.alphas_cumprod))
     targets = np.linspace(lambdas[last], lambdas[0], min(steps, last + 1))
     nearest = np.abs(lambdas[None, : last + 1] - targets[:, None]).argmin(axis=1)
@@ -92,7 +104,7 @@ def logsnr_timesteps(schedule, steps, start=None):
 
 
 def sampler_timesteps(schedule, steps, skip="uniform", start=None):
-    """`ddim_timesteps` for "uniform"/"quadratic", `logsnr_timesteps` for "logsnr"."""
+    """`logsnr_timesteps` for "logsnr", `ddim_timesteps` for the other spacings."""
     if skip == "logsnr":
         return logsnr_timesteps(schedule, steps, start)
     return ddim_timesteps(schedule.timesteps, steps, skip, start)
@@ -165,11 +177,13 @@ def _alphas_cumprod_pairs(schedule, timesteps):
     return alpha_bar, alpha_bar_prev
 
 
-def ddpm_plan(schedule, steps=None, variance="fixed_small", start=None):
-    """Ancestral sampling, DDPM Algorithm 2, on all T steps or a uniform sub-sequence."""
+def ddpm_plan(schedule, steps=None, variance="fixed_small", start=None, skip="linspace"):
+    """Ancestral sampling, DDPM Algorithm 2, on all T steps or a sub-sequence (by default evenly
+    spaced from T - 1 down to 0, `linspace`), its betas recomputed from alpha-bar as in Nichol &
+    Dhariwal 2021 sec. 4."""
     if variance not in VARIANCES:
         raise ValueError(f"variance must be one of {VARIANCES}. Received: variance={variance!r}")
-    timesteps = ddim_timesteps(schedule.timesteps, steps or schedule.timesteps, "uniform", start)
+    timesteps = sampler_timesteps(schedule, steps or schedule.timesteps, skip, start)
     alpha_bar, alpha_bar_prev = _alphas_cumprod_pairs(schedule, timesteps)
     betas = 1.0 - alpha_bar / alpha_bar_prev
     # DDPM eq. 7.
@@ -225,13 +239,13 @@ def dpm_solver_plan(schedule, steps=20, skip="logsnr", start=None):
     `lower_order_final` with `final_sigmas_type="zero"`).
 
     Timesteps (`skip`): "logsnr" (default; evenly spaced in lambda down to t = 0, the paper's
-    choice), "quadratic" (DDIM's), or "uniform": `steps` evaluations at
-    linspace(T - 1, 0, steps + 1) without t = 0, the last step landing on x_0 (diffusers' layout;
-    a second-order step onto t = 0 from a uniform grid would cross most of lambda's range).
+    choice), "linspace": `steps` evaluations at linspace(T - 1, 0, steps + 1) without t = 0, the
+    last step landing on x_0 (diffusers' layout; a second-order step onto t = 0 from an evenly
+    spaced grid would cross most of lambda's range), or any other `ddim_timesteps` spacing.
     """
     skip = skip or default_skip("dpm_solver")
     limit = schedule.timesteps if start is None else start + 1
-    if skip == "uniform" and steps < limit:
+    if skip == "linspace" and steps < limit:
         timesteps = ddim_timesteps(schedule.timesteps, steps + 1, skip, start)[:-1]
     else:
         timesteps = sampler_timesteps(schedule, steps, skip, start)
@@ -285,15 +299,50 @@ def make_plan(
 ):
     """The plan of a named sampler; `start` begins the chain at that timestep instead of T - 1.
     `skip=None` is each sampler's default (`sampling_options.default_skip`): "uniform" for ddim,
-    "logsnr" for dpm_solver."""
+    "linspace" for ddpm, "logsnr" for dpm_solver."""
     skip = skip or default_skip(sampler)
     if sampler == "ddpm":
-        return ddpm_plan(schedule, steps, variance, start)
+        return ddpm_plan(schedule, steps, variance, start, skip)
     if sampler == "ddim":
         return ddim_plan(schedule, steps, eta, skip, start)
     if sampler == "dpm_solver":
         return dpm_solver_plan(schedule, steps, skip, start)
     raise ValueError(f"sampler must be one of {SAMPLERS}. Received: sampler={sampler!r}")
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """Which reverse chain `DiffusionModel.generate` runs: its keyword arguments besides the
+    images, labels, callbacks and output format.
+
+    sampler: "ddim", "ddpm" or "dpm_solver"; steps: its steps (`ddim_timesteps`' S); eta:
+    DDIM's eta; skip: the spacing (None: the sampler's default, `default_skip`); variance: DDPM's
+    sigma_t^2; clip_denoised: clip x0_hat to [-1, 1] at every step; use_ema: sample with the EMA
+    weights (default) or the trained ones.
+    """
+
+    sampler: str = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+    skip: str = None
+    variance: str = "fixed_small"
+    clip_denoised: bool = True
+    use_ema: bool = True
+
+    @classmethod
+    def names(cls):
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    @classmethod
+    def pick(cls, options):
+        """The settings among `options`, a mapping that may hold other `generate` arguments."""
+        return cls(**{name: options[name] for name in cls.names() if name in options})
+
+    def plan(self, schedule, start=None):
+        """The `SamplerPlan` of these settings, from `start` (a timestep) or from T - 1."""
+        return make_plan(
+            schedule, self.sampler, self.steps, self.eta, self.skip, self.variance, start
+        )
 
 
 def predict_start_and_noise(

@@ -67,19 +67,9 @@ def normal(model, num_images, seed=0, **generate_kwargs):
     return model.generate(num_images, seed=seed, **generate_kwargs)
 
 
-def _plan_length(
-    model,
-    start_timestep=None,
-    sampler="ddim",
-    steps=50,
-    eta=0.0,
-    skip=None,
-    variance="fixed_small",
-    **_,
-):
-    return len(
-        samplers.make_plan(model.schedule, sampler, steps, eta, skip, variance, start_timestep)
-    )
+def _plan_length(model, start_timestep=None, **generate_kwargs):
+    settings = samplers.SamplerSettings.pick(generate_kwargs)
+    return len(settings.plan(model.schedule, start_timestep))
 
 
 def _evenly_spaced_steps(num_steps, count):
@@ -210,14 +200,7 @@ def coarse_to_fine(model, image, timesteps=None, num_samples=8, seed=0, **genera
     timesteps = (
         default_coarse_timesteps(model.schedule.timesteps) if timesteps is None else list(timesteps)
     )
-    plan_options = {
-        k: v
-        for k, v in generate_kwargs.items()
-        if k in ("sampler", "steps", "eta", "skip", "variance")
-    }
-    plan = samplers.make_plan(
-        model.schedule, **{"sampler": "ddim", **plan_options}, start=max(timesteps)
-    )
+    plan = samplers.SamplerSettings.pick(generate_kwargs).plan(model.schedule, max(timesteps))
     if not plan.stochastic:
         raise ValueError(
             "coarse_to_fine draws several x_0 from one x_t, so it needs a stochastic sampler: "
@@ -253,7 +236,7 @@ def inpainting(model, image, fill_mask, num_samples=4, seed=0, **generate_kwargs
         )
     known = 1.0 - fill_mask[..., :1]
     samples = model.generate(
-        num_samples, seed=seed, known_images=image[None], known_mask=known[None], **generate_kwargs
+        num_samples, seed=seed, known=(image[None], known[None]), **generate_kwargs
     )
     masked = image * known  # 0 (mid-gray) where the model draws
     return np.concatenate([to_uint8(image[None]), to_uint8(masked[None]), samples])

@@ -4,7 +4,8 @@
 them from here. The module imports neither Keras nor NumPy, so the CLI's `--help` stays quick.
 
     sampler   ddim (DDIM eq. 12), ddpm (DDPM Algorithm 2), dpm_solver (DPM-Solver++(2M))
-    skip      the timesteps a sampler visits: uniform, quadratic (DDIM's) or logsnr
+    skip      the timesteps a sampler visits: uniform and quadratic (DDIM's), linspace and
+              trailing (diffusers'), logsnr (DPM-Solver's); see `samplers.ddim_timesteps`
     variance  DDPM's sigma_t^2: fixed_small (beta-tilde_t) or fixed_large (beta_t)
     mode      what is drawn (see `sampling_modes`)
 """
@@ -12,7 +13,7 @@ them from here. The module imports neither Keras nor NumPy, so the CLI's `--help
 import dataclasses
 
 SAMPLERS = ("ddim", "ddpm", "dpm_solver")
-SKIPS = ("uniform", "quadratic", "logsnr")
+SKIPS = ("uniform", "quadratic", "linspace", "trailing", "logsnr")
 VARIANCES = ("fixed_small", "fixed_large")
 MODE_LABELS = {  # mode -> its name in the app
     "normal": "normal",
@@ -31,7 +32,11 @@ STOCHASTIC_MODES = ("coarse_to_fine", "inpainting")  # they draw with ddpm unles
 REAL_IMAGE_MODES = {"interpolation": 2, "coarse_to_fine": 1, "inpainting": 1}  # real images used
 DEFAULT_FRAMES = {"denoising_process": 20, "sequence": 10}  # default GIF frames / sequence columns
 DEFAULT_STEPS = {"ddim": 50, "ddpm": 50, "dpm_solver": 20}  # default steps of each sampler
-DEFAULT_SKIPS = {"ddim": "uniform", "ddpm": "uniform", "dpm_solver": "logsnr"}  # default spacings
+# Default spacings. ddim: DDIM's own "uniform", so DDIM's Table 1 reproduces and the images equal
+# diffusers' DDIMScheduler's (its default "leading" is the same sequence). ddpm: a sub-sequence
+# evenly spaced from T - 1 ("linspace"), so it starts from the noisiest x_T. dpm_solver: the
+# paper's logSNR.
+DEFAULT_SKIPS = {"ddim": "uniform", "ddpm": "linspace", "dpm_solver": "logsnr"}
 
 MAX_SEED = 2**31 - 1
 MAX_IMAGES = 1024  # images of one request (the CLI's largest --batch-size)
@@ -126,7 +131,7 @@ def default_steps(sampler):
 
 
 def default_skip(sampler):
-    """The timestep spacing of `sampler` when none is given (ddpm is always uniform)."""
+    """The timestep spacing of `sampler` when none is given."""
     return DEFAULT_SKIPS.get(sampler, DEFAULT_SKIPS["ddim"])
 
 

@@ -25,14 +25,31 @@ def run_step(plan, i, x_t, model_output, noise, prediction="epsilon", clip=False
     )
 
 
-def test_uniform_timesteps_cover_both_ends():
-    timesteps = samplers.ddim_timesteps(1000, 50)
-    assert len(timesteps) == 50
-    assert timesteps[0] == 999 and timesteps[-1] == 0
-    assert np.all(np.diff(timesteps) < 0)
-    np.testing.assert_array_equal(samplers.ddim_timesteps(1000, 1000), np.arange(999, -1, -1))
-    np.testing.assert_array_equal(samplers.ddim_timesteps(1000, 1), [999])
-    np.testing.assert_array_equal(samplers.ddim_timesteps(10, 4), [9, 6, 3, 0])
+def test_uniform_timesteps_are_ddims_range():
+    # DDIM's code: seq = range(0, T, T // S), visited from the top.
+    for steps in (10, 20, 50, 100, 1000):
+        expected = np.array(list(range(0, 1000, 1000 // steps)))[::-1]
+        np.testing.assert_array_equal(samplers.ddim_timesteps(1000, steps), expected)
+    assert samplers.ddim_timesteps(1000, 10)[0] == 900
+    # S not dividing T: DDIM's code takes a few more steps (31 for S = 30).
+    np.testing.assert_array_equal(samplers.ddim_timesteps(1000, 30), np.arange(990, -1, -33))
+    np.testing.assert_array_equal(samplers.ddim_timesteps(1000, 1), [0])
+
+
+def test_linspace_and_trailing_timesteps_follow_diffusers():
+    linspace = samplers.ddim_timesteps(1000, 50, "linspace")
+    assert len(linspace) == 50 and linspace[0] == 999 and linspace[-1] == 0
+    assert np.all(np.diff(linspace) < 0)
+    np.testing.assert_array_equal(
+        samplers.ddim_timesteps(1000, 1000, "linspace"), np.arange(999, -1, -1)
+    )
+    np.testing.assert_array_equal(samplers.ddim_timesteps(1000, 1, "linspace"), [999])
+    np.testing.assert_array_equal(samplers.ddim_timesteps(10, 4, "linspace"), [9, 6, 3, 0])
+    # diffusers' "trailing": round(arange(T, 0, -T / S)) - 1.
+    np.testing.assert_array_equal(
+        samplers.ddim_timesteps(1000, 10, "trailing"), np.arange(999, 0, -100)
+    )
+    np.testing.assert_array_equal(samplers.ddim_timesteps(10, 3, "trailing"), [9, 6, 2])
 
 
 def test_quadratic_timesteps_follow_ddim():
@@ -90,7 +107,7 @@ def test_ddim_step_is_equation_12(eta):
 
 
 def test_ddpm_fixed_small_equals_ddim_eta_one():
-    ddpm = samplers.ddpm_plan(SCHEDULE, steps=25)
+    ddpm = samplers.ddpm_plan(SCHEDULE, steps=25, skip="uniform")
     ddim = samplers.ddim_plan(SCHEDULE, steps=25, eta=1.0)
     np.testing.assert_array_equal(ddpm.timesteps, ddim.timesteps)
     np.testing.assert_allclose(ddpm.coefficients(), ddim.coefficients(), rtol=1e-5, atol=1e-7)

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import randomize_weights
 from PIL import Image
 
 from keras_ddpm import DiffusionModel
 from keras_ddpm import sampling_modes as modes
 from keras_ddpm.cli import cli
 from keras_ddpm.images import read_gif
-from tests.conftest import randomize_weights
 
 FAST = {"sampler": "ddim", "steps": 4}
 

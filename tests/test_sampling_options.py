@@ -41,7 +41,7 @@ def test_defaults_by_mode_and_sampler():
     steps = {s: options.default_steps(s) for s in options.SAMPLERS}
     assert steps == {"ddim": 50, "ddpm": 50, "dpm_solver": 20}
     skips = {s: options.default_skip(s) for s in options.SAMPLERS}
-    assert skips == {"ddim": "uniform", "ddpm": "uniform", "dpm_solver": "logsnr"}
+    assert skips == {"ddim": "uniform", "ddpm": "linspace", "dpm_solver": "logsnr"}
     defaults = options.DEFAULTS
     assert defaults.sampler is None and defaults.steps is None and defaults.skip is None
 
@@ -107,7 +107,13 @@ def test_sample_and_eval_have_the_same_sampling_options():
         assert sample.default == evaluate.default == getattr(options.DEFAULTS, name), name
         choices = [getattr(p.type, "choices", None) for p in (sample, evaluate)]
         assert choices[0] == choices[1], name
-    assert tuple(params["eval"]["skip"].type.choices) == ("uniform", "quadratic", "logsnr")
+    assert tuple(params["eval"]["skip"].type.choices) == (
+        "uniform",
+        "quadratic",
+        "linspace",
+        "trailing",
+        "logsnr",
+    )
     assert tuple(params["eval"]["skip"].type.choices) == options.SKIPS
     assert tuple(params["eval"]["sampler"].type.choices) == options.SAMPLERS
     assert tuple(params["sample"]["mode"].type.choices) == options.MODES

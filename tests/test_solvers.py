@@ -106,7 +106,7 @@ def test_dpm_solver_coefficients_follow_algorithm_2():
         )
         np.testing.assert_allclose(plan.coef_x0_prev[i], -alpha_next * phi / (2 * r), rtol=1e-10)
     # First and last steps are first order (DDIM eta = 0): no history, and onto sigma = 0.
-    ddim = samplers.ddim_plan(SCHEDULE, 2)
+    ddim = samplers.ddim_plan(SCHEDULE, 2, skip="linspace")
     assert plan.coef_x0_prev[0] == plan.coef_x0_prev[-1] == 0
     assert plan.coef_x0[-1] == 1 and plan.coef_eps[-1] == 0
     first = samplers.dpm_solver_plan(SCHEDULE, 2)
@@ -115,15 +115,22 @@ def test_dpm_solver_coefficients_follow_algorithm_2():
 
 @pytest.mark.once
 def test_timestep_sequences():
-    np.testing.assert_array_equal(samplers.ddim_timesteps(100, 4, start=30), [30, 20, 10, 0])
+    # From `start`: the spacing of T' = start + 1 timesteps.
+    np.testing.assert_array_equal(samplers.ddim_timesteps(100, 4, start=31), [24, 16, 8, 0])
+    np.testing.assert_array_equal(
+        samplers.ddim_timesteps(100, 4, "linspace", start=30), [30, 20, 10, 0]
+    )
+    np.testing.assert_array_equal(
+        samplers.ddim_timesteps(100, 4, "trailing", start=31), [31, 23, 15, 7]
+    )
     # capped at start + 1
     np.testing.assert_array_equal(samplers.ddim_timesteps(100, 50, start=3), [3, 2, 1, 0])
     np.testing.assert_array_equal(
         samplers.ddim_timesteps(100, 4, "quadratic", start=36), [36, 16, 4, 0]
     )
-    # DPM-Solver "uniform": diffusers' layout, steps + 1 points without t = 0.
+    # DPM-Solver "linspace": diffusers' layout, steps + 1 points without t = 0.
     np.testing.assert_array_equal(
-        samplers.dpm_solver_plan(SCHEDULE, 4, "uniform").timesteps, [999, 749, 500, 250]
+        samplers.dpm_solver_plan(SCHEDULE, 4, "linspace").timesteps, [999, 749, 500, 250]
     )
     logsnr = samplers.logsnr_timesteps(SCHEDULE, 20)
     assert (
