@@ -37,6 +37,7 @@ from keras_ddpm.errors import describe_error  # noqa: E402
 from keras_ddpm.images import save_gif  # noqa: E402
 from keras_ddpm.images import save_image  # noqa: E402
 from keras_ddpm.saving import load_model_file  # noqa: E402
+from keras_ddpm.saving import model_file  # noqa: E402
 from keras_ddpm.saving import shipped_models  # noqa: E402
 
 REPO = os.path.dirname(
@@ -77,6 +78,8 @@ class ModelRegistry:
     """The models the app may load: saved_models/*.keras and the files given on the command line."""
 
     def __init__(self, extra_paths=(), saved_models=None):
+        # A published checkpoint (a diffusers folder, a Hub id...) is served as its conversion.
+        extra_paths = [model_file(path) for path in extra_paths]
         for path in extra_paths:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"No model file at {path}.")
@@ -546,7 +549,8 @@ def parse_args(argv=None):
         "--model",
         action="append",
         default=[],
-        help="A .keras file to serve as well as saved_models/ (repeatable).",
+        help="A .keras file, diffusers folder or Hub id (converted once) to serve as well as "
+        "saved_models/ (repeatable).",
     )
     parser.add_argument(
         "--host",

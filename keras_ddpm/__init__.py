@@ -17,6 +17,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "get_preset": "keras_ddpm.config",
     "DiffusionModel": "keras_ddpm.diffusion_model",
     "load_model": "keras_ddpm.diffusion_model",
+    "convert_model": "keras_ddpm.convert",
     "make_optimizer": "keras_ddpm.optimizers",
     "NoiseSchedule": "keras_ddpm.schedules",
     "build_unet": "keras_ddpm.unet",

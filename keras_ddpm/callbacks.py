@@ -275,15 +275,17 @@ class FIDCallback(StepCallback):
 
     Args:
         reference: `fid.FeatureStatistics` of real images (from `fid.reference_statistics`
-            with the same extractor), or a dataset name / image folder, whose statistics
-            are computed (and cached in `evaluation.cache_dir`) when training begins.
+            with the same extractor), a dataset name / image folder, whose statistics
+            are computed (and cached in `evaluation.cache_dir`) when training begins, or an
+            .npz of precomputed statistics (`mu`, `sigma`: pytorch-fid's, clean-fid's).
         evaluation: an `evaluation.EvalConfig` (default: its defaults with 1,000 images):
             `num_images` generated per evaluation (FID is biased upwards for few), the sampling
-            options, `batch_size` (per `generate` call and per Inception pass),
-            `inception_weights`, `cache_dir`, `kid_subsets` and `kid_subset_size`.
+            options, `batch_size` (per `generate` call and per Inception pass), `features`
+            (the 2015 TF Inception by default), `resize`, `inception_weights`, `cache_dir`,
+            `kid_subsets` and `kid_subset_size`.
         every_n_steps, every_n_epochs: how often; exactly one must be set.
-        extractor: a `fid.FeatureExtractor`; by default InceptionV3 with
-            `evaluation.inception_weights`, built when training begins.
+        extractor: a `fid.FeatureExtractor`; by default `fid.feature_extractor` with
+            `evaluation`'s features, weights and resizing, built when training begins.
         writer: a `MetricsWriter`; overrides `csv_path` and `log_dir`.
         prefix: prepended to the logged names (`prefix + "fid"`...), to tell several apart.
     """
@@ -333,9 +335,16 @@ class FIDCallback(StepCallback):
         super().on_train_begin(logs)
         evaluation = self.evaluation
         if self.extractor is None:
-            self.extractor = fid_lib.inception_v3(
-                evaluation.inception_weights, min(evaluation.batch_size, evaluation.num_images)
+            self.extractor = fid_lib.feature_extractor(
+                evaluation.features,
+                evaluation.inception_weights,
+                evaluation.resize,
+                min(evaluation.batch_size, evaluation.num_images),
             )
+        if isinstance(self.reference, (str, os.PathLike)) and os.fspath(self.reference).endswith(
+            ".npz"
+        ):
+            self.reference = fid_lib.load_statistics(os.fspath(self.reference), self.extractor)
         if isinstance(self.reference, (str, os.PathLike)):
             size, _, channels = self.model.image_shape
             self.reference, _ = fid_lib.reference_statistics(
@@ -380,13 +389,16 @@ class FIDCallback(StepCallback):
         generated = fid_lib.compute_statistics(
             batches, self.extractor, evaluation.num_images, progress=self.verbose > 1
         )
+        compared = fid_lib.compare(
+            generated, self.reference, evaluation.kid_subsets, evaluation.kid_subset_size
+        )
         results = {
             "step": self.step,
             "epoch": self._epoch + 1,
             "loss": float((logs or {}).get("loss", math.nan)),
-            **fid_lib.compare(
-                generated, self.reference, evaluation.kid_subsets, evaluation.kid_subset_size
-            ),
+            **compared,
+            # NaN where a statistics file gave no KID rows (or no image count)
+            **{key: math.nan for key in (*FID_KEYS, "num_real") if compared[key] is None},
         }
         self.evaluations.append(results)
         self._epoch_results = results

@@ -16,14 +16,19 @@ import json
 import math
 import os
 import sys
+import time
 
 import click
 from click.core import ParameterSource
 
 from keras_ddpm import sampling_options
 from keras_ddpm.errors import describe_error
+from keras_ddpm.evaluation import FEATURES
+from keras_ddpm.evaluation import RESIZES
 from keras_ddpm.evaluation import EvalConfig
+from keras_ddpm.quiet import quiet_framework_logs
 from keras_ddpm.run_config import RunConfig
+from keras_ddpm.saving import CONVERTED_WEIGHTS
 from keras_ddpm.saving import default_model_path
 from keras_ddpm.saving import load_model_file
 
@@ -39,6 +44,8 @@ def user_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        if not click.get_current_context().find_root().params.get("show_traceback"):
+            quiet_framework_logs()  # before Keras loads TensorFlow
         from keras_ddpm import backend  # here, not in the group: `COMMAND --help` loads no Keras
 
         backend.configure_xla_cpu()  # before any JAX computation
@@ -106,7 +113,8 @@ def sampling_click_options(**help_texts):
             "DDIM's Table 1 reproduces), quadratic = DDIM's, linspace / trailing = diffusers', "
             f"logsnr = DPM-Solver's [default: {skips}]."
         ),
-        "variance": "DDPM variance.",
+        "variance": "DDPM variance [default: the model's: fixed_small, or an imported "
+        "checkpoint's authors' choice].",
         "guidance": "Classifier-free guidance weight w (0: plain conditional sampling).",
         "seed": None,
         **help_texts,
@@ -137,8 +145,7 @@ def sampling_click_options(**help_texts):
         click.option(
             "--variance",
             type=click.Choice(sampling_options.VARIANCES),
-            default=SAMPLING.variance,
-            show_default=True,
+            default=None,  # the model's (`SampleRequest.resolve`)
             help=helps["variance"],
         ),
         click.option(
@@ -150,6 +157,14 @@ def sampling_click_options(**help_texts):
         ),
         click.option(
             "--seed", type=int, default=SAMPLING.seed, show_default=True, help=helps["seed"]
+        ),
+        click.option(
+            "--ema/--no-ema",
+            "use_ema",
+            default=SAMPLING.use_ema,
+            show_default=True,
+            help="Sample with the EMA weights (what the papers report) or, --no-ema, the trained "
+            "ones (early in a run the EMA is still close to the initial weights).",
         ),
     ]
 
@@ -167,7 +182,7 @@ def sampling_click_options(**help_texts):
     "--traceback",
     "show_traceback",
     is_flag=True,
-    help="Show the traceback of an unexpected error.",
+    help="Verbose: show the traceback of an unexpected error and TensorFlow's start-up logs.",
 )
 def cli(show_traceback):
     """Denoising diffusion models (DDPM, DDIM) in Keras 3 on TensorFlow, PyTorch and JAX."""
@@ -219,7 +234,13 @@ def main():
     help="Cache decoded images: auto (in memory up to 2 GiB), memory, none, or a folder for "
     "cache files.",
 )
-@click.option("--preset", default=RUN.preset, show_default=True, help="Model preset (see `info`).")
+@click.option(
+    "--preset",
+    type=run_option_type("preset"),
+    default=RUN.preset,
+    show_default=True,
+    help="Model preset (`info --preset NAME` shows one).",
+)
 @click.option(
     "--steps",
     type=run_option_type("steps"),
@@ -266,6 +287,14 @@ def main():
     type=run_option_type("grad_clip"),
     default=RUN.grad_clip,
     help="Clip gradients to this global norm; 0: off [default: the preset's, 1.0].",
+)
+@click.option(
+    "--grad-accum",
+    type=run_option_type("grad_accum"),
+    default=RUN.grad_accum,
+    help="Split each batch into K micro-batches whose gradients are averaged before the "
+    "optimizer and EMA step: the same update as the whole --batch-size, with the activation "
+    "memory of one micro-batch [default: 1].",
 )
 @click.option(
     "--ema-decay",
@@ -406,10 +435,24 @@ def main():
     help="DDIM steps of the FID samples.",
 )
 @click.option(
+    "--fid-features",
+    type=run_option_type("fid_features"),
+    default=RUN.fid_features,
+    show_default=True,
+    help="FID network: the 2015 TF Inception of published FIDs, or Keras' ImageNet InceptionV3.",
+)
+@click.option(
+    "--fid-resize",
+    type=run_option_type("fid_resize"),
+    default=RUN.fid_resize,
+    show_default=True,
+    help="Resizing to 299x299 for FID, as clean-fid, pytorch-fid or the TF graph does it.",
+)
+@click.option(
     "--inception-weights",
     default=RUN.inception_weights,
-    show_default=True,
-    help="InceptionV3 weights for FID: 'imagenet' (downloaded by Keras) or a local file.",
+    help="A local weights file of the FID network [default: its published weights, downloaded "
+    "once into ~/.keras/models].",
 )
 @user_errors
 def train(**options):
@@ -671,7 +714,7 @@ def sample(**options):
 
 
 @cli.command()
-@click.option("--preset", default=None, help="A preset name.")
+@click.option("--preset", type=run_option_type("preset"), default=None, help="A preset name.")
 @click.option("--model", "--model_params", "model_path", default=None, help="A .keras file.")
 @user_errors
 def info(preset, model_path):
@@ -689,6 +732,8 @@ def info(preset, model_path):
         parameters = build_unet(config.unet).count_params()
     click.echo(json.dumps(config.to_dict(), indent=2))
     click.echo(f"parameters: {parameters}")
+    if config.source:
+        click.echo(f"weights: {config.source}")
 
 
 @cli.command()
@@ -726,6 +771,52 @@ def export(source, output):
     trained = f" (trained {step} steps)" if step is not None else ""
     size = os.path.getsize(output) / 2**20
     click.echo(f"wrote {output}{trained}: {size:.1f} MiB, from {source}")
+
+
+@cli.command("convert")
+@click.argument("source")
+@click.argument("output")
+@click.option(
+    "--weights",
+    type=click.Choice(CONVERTED_WEIGHTS),
+    default=CONVERTED_WEIGHTS[0],
+    show_default=True,
+    help="Where the file holds both: sample with the EMA weights or the trained (raw) ones.",
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="The size the model was trained at, for files that do not record it [default: the "
+    "file's; DDIM's and TensorFlow checkpoints: attention at 16x16; seed 000: NxN in its name].",
+)
+@user_errors
+def convert(source, output, weights, image_size):
+    """Convert a published checkpoint to a .keras model: a diffusers UNet2DModel folder or Hub id
+    (google/ddpm-cifar10-32), DDIM's ckpt.pth or a DDIM-code state dict, the DDPM authors'
+    TensorFlow checkpoint (model.ckpt-N), or a seed 000 / pytorch-ddpm checkpoint."""
+    from keras_ddpm.checkpoints import write_atomically
+    from keras_ddpm.convert import convert as convert_checkpoint
+
+    if not output.endswith(".keras"):
+        raise ValueError(f"The output file must end in .keras. Received: {output}")
+    start = time.perf_counter()
+    model = convert_checkpoint(source, weights, image_size)
+    write_atomically(model, output)
+    seconds = time.perf_counter() - start
+    unet, diffusion = model.config.unet, model.config.diffusion
+    click.echo(f"wrote {output} in {seconds:.1f} s: {model.config.source}")
+    click.echo(
+        f"UNet: {unet.image_size}x{unet.image_size}x{unet.image_channels}, {unet.base_channels} "
+        f"channels x {unet.channel_multipliers}, {unet.num_res_blocks} blocks a level, attention "
+        f"at {unet.attention_resolutions}, {model.network.count_params():,} parameters"
+    )
+    click.echo(
+        f"diffusion: T = {diffusion.timesteps}, {diffusion.schedule} betas {diffusion.beta_start} "
+        f"to {diffusion.beta_end}, predicts {diffusion.prediction}, variance {diffusion.variance}, "
+        f"clip x0: {diffusion.clip_denoised}"
+    )
+    click.echo(f"sample with: python cli.py sample --model {output}")
 
 
 @cli.command("eval")
@@ -791,10 +882,37 @@ def export(source, output):
     seed="Seed of the first sampling batch (batch i uses seed + i).",
 )
 @click.option(
+    "--features",
+    type=click.Choice(FEATURES),
+    default=EVAL.features,
+    show_default=True,
+    help="inception-2015: the TF Inception graph of published FIDs (pytorch-fid's weights); "
+    "keras-imagenet: Keras' ImageNet InceptionV3 (not comparable with papers).",
+)
+@click.option(
+    "--resize",
+    type=click.Choice(RESIZES),
+    default=EVAL.resize,
+    show_default=True,
+    help="To 299x299 as clean-fid (PIL bicubic), pytorch-fid (bilinear) or the TF graph (TF1 "
+    "bilinear) does it; see docs/evaluation.md for which published numbers each matches.",
+)
+@click.option(
     "--inception-weights",
     default=EVAL.inception_weights,
-    show_default=True,
-    help="'imagenet' (downloaded by Keras) or a local InceptionV3 weights file.",
+    help="A local weights file of the feature network (pytorch-fid's .pth for inception-2015) "
+    "[default: its published weights, downloaded once into ~/.keras/models].",
+)
+@click.option(
+    "--real-stats",
+    default=None,
+    help="Real side: an .npz of precomputed statistics (mu, sigma) from pytorch-fid, clean-fid "
+    "or --save-stats, instead of real images.",
+)
+@click.option(
+    "--save-stats",
+    default=None,
+    help="Write the generated images' statistics to this .npz (mu, sigma: pytorch-fid's format).",
 )
 @click.option(
     "--cache-dir",
@@ -827,13 +945,17 @@ def evaluate(output, **options):
     config = EvalConfig(**options)
     record = evaluation.evaluate(config, echo=click.echo)
     generated, real = record["num_generated"], record["num_real"]
-    counts = f"{generated} generated vs {real} real images"
-    subset_size = min(config.kid_subset_size, generated, real)
-    click.echo(f"FID {record['fid']:.3f} ({counts})")
-    click.echo(
-        f"KID {record['kid']:.5f} +- {record['kid_std']:.5f} ({counts}, {config.kid_subsets} "
-        f"subsets of {subset_size})"
-    )
+    counts = f"{generated} generated vs {'?' if real is None else real} real images"
+    settings = f"{record['features']} features, {record['resize']} resize"
+    click.echo(f"FID {record['fid']:.3f} ({settings}; {counts})")
+    if record["kid"] is None:
+        click.echo("KID not measured: the real statistics file holds no feature rows.")
+    else:
+        subset_size = min(config.kid_subset_size, generated, real)
+        click.echo(
+            f"KID {record['kid']:.5f} +- {record['kid_std']:.5f} ({counts}, "
+            f"{config.kid_subsets} subsets of {subset_size})"
+        )
     click.echo(f"note: {record['note']}.")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w") as f:

@@ -9,8 +9,14 @@ import dataclasses
 import numbers
 from dataclasses import dataclass
 
+from keras_ddpm.sampling_options import VARIANCES
+
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("epsilon", "x0", "v")
+# How imported checkpoints differ from the DDPM authors' UNet (`keras_ddpm.convert`); the first of
+# each is DDPM's. See `layers.SinusoidalEmbedding` and `layers.Downsample`.
+TIMESTEP_EMBEDDINGS = ("sin_cos", "interleaved")
+DOWNSAMPLE_PADDINGS = ("same", "symmetric")
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -54,10 +60,29 @@ class UNetConfig:
     dropout: float = 0.1
     num_groups: int = 32
     num_classes: int = 0  # 0: unconditional; K: labels 0..K-1 plus a null label K
+    # Imported checkpoints only (`keras_ddpm.convert`); the defaults are DDPM's.
+    timestep_embedding: str = "sin_cos"  # or "interleaved" (w86763777/pytorch-ddpm)
+    downsample_padding: str = "same"  # TensorFlow's; or "symmetric" (PyTorch's padding=1)
+    norm_epsilon: float = 1e-6  # GroupNorm epsilon (tf.contrib's; PyTorch's default is 1e-5)
 
     def __post_init__(self):
         object.__setattr__(self, "channel_multipliers", tuple(self.channel_multipliers))
         object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
+        if self.timestep_embedding not in TIMESTEP_EMBEDDINGS:
+            raise ValueError(
+                f"timestep_embedding must be one of {TIMESTEP_EMBEDDINGS}. "
+                f"Received: timestep_embedding={self.timestep_embedding!r}"
+            )
+        if self.downsample_padding not in DOWNSAMPLE_PADDINGS:
+            raise ValueError(
+                f"downsample_padding must be one of {DOWNSAMPLE_PADDINGS}. "
+                f"Received: downsample_padding={self.downsample_padding!r}"
+            )
+        if not (isinstance(self.norm_epsilon, float) and 0.0 < self.norm_epsilon < 1.0):
+            raise ValueError(
+                "norm_epsilon must be a float in (0, 1). "
+                f"Received: norm_epsilon={self.norm_epsilon!r}"
+            )
         if self.image_channels not in (1, 3):
             raise ValueError(
                 f"image_channels must be 1 or 3. Received: image_channels={self.image_channels}"
@@ -170,8 +195,21 @@ class DiffusionConfig:
     beta_end: float = 0.02
     prediction: str = "epsilon"  # the network's target: epsilon, x0 or v
     class_dropout: float = 0.1  # label dropped to the null class (classifier-free guidance)
+    # How the model samples unless told otherwise (`SampleRequest.resolve`): DDPM's sigma_t^2 and
+    # clipping of the predicted x_0 to [-1, 1]. Imported checkpoints carry their authors' settings.
+    variance: str = "fixed_small"
+    clip_denoised: bool = True
 
     def __post_init__(self):
+        if self.variance not in VARIANCES:
+            raise ValueError(
+                f"variance must be one of {VARIANCES}. Received: variance={self.variance!r}"
+            )
+        if not isinstance(self.clip_denoised, bool):
+            raise ValueError(
+                "clip_denoised must be True or False. "
+                f"Received: clip_denoised={self.clip_denoised!r}"
+            )
         if self.schedule not in SCHEDULES:
             raise ValueError(
                 f"schedule must be one of {SCHEDULES}. Received: schedule={self.schedule!r}"
@@ -204,6 +242,10 @@ class TrainConfig:
     lr_schedule: str = "constant"
     # 0: fixed decay; else decay_n = min(ema_decay, 1 - (1 + n)^-power)
     ema_warmup_power: float = 0.0
+    # Micro-batches a step: each optimizer and EMA step averages the gradients of grad_accum
+    # slices of batch_size / grad_accum examples, computed one after another (less memory, the
+    # same update as one batch of batch_size).
+    grad_accum: int = 1
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -241,6 +283,12 @@ class TrainConfig:
             )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be positive. Received: batch_size={self.batch_size}")
+        _check_whole("grad_accum", self.grad_accum, 1, self.batch_size)
+        if self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"The batch size {self.batch_size} does not split into {self.grad_accum} equal "
+                "micro-batches (--grad-accum); pick a divisor of it."
+            )
 
 
 @dataclass(frozen=True)
@@ -250,6 +298,7 @@ class Preset:
     unet: UNetConfig
     diffusion: DiffusionConfig
     train: TrainConfig
+    source: str = ""  # where imported weights came from (`keras_ddpm.convert`); "" if trained here
 
     def replace(self, **overrides):
         """Returns a copy with fields of any of the three parts overridden by name."""
@@ -363,4 +412,5 @@ def preset_from_dict(config):
         unet=UNetConfig(**config["unet"]),
         diffusion=DiffusionConfig(**config["diffusion"]),
         train=TrainConfig(**config["train"]),
+        source=config.get("source", ""),
     )

@@ -29,13 +29,15 @@ class DiffusionModel(keras.Model):
     average of its weights, updated after every optimizer step and used by `generate`.
     """
 
-    def __init__(self, config, seed=None, **kwargs):
+    def __init__(self, config, seed=None, kernel_initializer=None, **kwargs):
         super().__init__(**kwargs)
         self.config = config if isinstance(config, Preset) else preset_from_dict(config)
         self.seed = seed
         self.schedule = NoiseSchedule.from_config(self.config.diffusion)
-        self.network = build_unet(self.config.unet, name="network")
-        self.ema_network = build_unet(self.config.unet, name="ema_network")
+        # kernel_initializer (not saved): "zeros" where every weight is set next (an imported
+        # checkpoint's), skipping the random draws; see `build_unet`.
+        self.network = build_unet(self.config.unet, "network", kernel_initializer)
+        self.ema_network = build_unet(self.config.unet, "ema_network", kernel_initializer)
         self.ema_network.trainable = False
         for ema_weight, weight in zip(self.ema_network.weights, self.network.weights):
             ema_weight.assign(ops.copy(weight.value))  # a copy: JAX must not see one buffer twice
@@ -127,10 +129,15 @@ class DiffusionModel(keras.Model):
         v = sqrt(a) eps - sqrt(1 - a) x_0.
         For class-conditional models the label becomes the null class with probability
         `class_dropout` (classifier-free guidance training). Backend-neutral: randomness
-        comes only from `self.seed_generator`.
+        comes only from `self.seed_generator` (`training_draws`) and dropout's.
         """
         # the schedule math and the loss stay float32 under mixed precision
-        images = ops.cast(images, "float32")
+        return self.diffusion_loss(*self.step_inputs(images, labels), training=training)
+
+    def training_draws(self, images, labels=None):
+        """The random part of a training step for `images`: (t, eps, labels after class dropout;
+        None for an unconditional model), drawn for the whole batch, so that a step split into
+        micro-batches (`grad_accum`) sees exactly the draws of one unsplit step."""
         batch = ops.shape(images)[0]
         replica, replicas = backend.replica_context()
 
@@ -153,17 +160,21 @@ class DiffusionModel(keras.Model):
         noise = draw(
             lambda s: keras.random.normal(s, seed=self.seed_generator), ops.shape(images)[1:]
         )
+        if not self.num_classes:
+            return timesteps, noise, None
+        if labels is None:
+            labels = ops.full((batch,), self.num_classes, dtype="int32")
+        labels = ops.cast(ops.reshape(labels, (batch,)), "int32")
+        dropped = (
+            draw(lambda s: keras.random.uniform(s, seed=self.seed_generator), ())
+            < self.config.diffusion.class_dropout
+        )
+        return timesteps, noise, ops.where(dropped, self.num_classes, labels)
+
+    def diffusion_loss(self, images, timesteps, noise, labels=None, training=True):
+        """`compute_diffusion_loss` for given draws (`training_draws`); images float32."""
         x_t = self.q_sample(images, timesteps, noise)
-        inputs = [x_t, timesteps]
-        if self.num_classes:
-            if labels is None:
-                labels = ops.full((batch,), self.num_classes, dtype="int32")
-            labels = ops.cast(ops.reshape(labels, (batch,)), "int32")
-            dropped = (
-                draw(lambda s: keras.random.uniform(s, seed=self.seed_generator), ())
-                < self.config.diffusion.class_dropout
-            )
-            inputs.append(ops.where(dropped, self.num_classes, labels))
+        inputs = [x_t, timesteps] if labels is None else [x_t, timesteps, labels]
         output = ops.cast(self.network(inputs, training=training), "float32")
         prediction = self.config.diffusion.prediction
         if prediction == "epsilon":
@@ -176,6 +187,13 @@ class DiffusionModel(keras.Model):
                 - self._gather(self.schedule.sqrt_one_minus_alphas_cumprod, timesteps) * images
             )
         return ops.mean(ops.square(output - target))
+
+    def step_inputs(self, images, labels=None):
+        """`diffusion_loss`'s arguments for a whole training step: (images as float32, t, eps,
+        labels), the draws made for the whole batch (`training_draws`). A step of
+        `grad_accum` micro-batches takes slices of them (`backend.common.micro_batch`)."""
+        images = ops.cast(images, "float32")
+        return (images, *self.training_draws(images, labels))
 
     def train_step(self, *args):
         return backend.train_step(self, *args)

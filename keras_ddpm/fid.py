@@ -1,17 +1,25 @@
-"""FID and KID on InceptionV3 pool features, with cached reference statistics.
+"""FID and KID on Inception pool features, with cached reference statistics.
 
 Notation (Heusel et al. 2017, "GANs trained by a two time-scale update rule", eq. 6):
     FID = ||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2))
-on the 2048-d average-pool features of InceptionV3 at 299x299. KID (Binkowski et al. 2018,
+on the 2048-d average-pool features of an InceptionV3 at 299x299. KID (Binkowski et al. 2018,
 "Demystifying MMD GANs", eq. 4) is the unbiased MMD^2 estimate with the polynomial kernel
 k(x, y) = (x.y / d + 1)^3, averaged over random subsets.
 
-Preprocessing follows clean-fid (Parmar et al. 2022): uint8 images are resized to 299x299 by
-PIL's bicubic filter on float32 channels (antialiased when shrinking, identical on every
-backend), grayscale is repeated to RGB, then Inception's scaling to [-1, 1].
+Two feature networks (`FEATURES`):
+- "inception-2015": the 2015 TensorFlow Inception graph of the published FIDs
+  (`keras_ddpm.inception`, pytorch-fid's weights);
+- "keras-imagenet": Keras' ImageNet InceptionV3: comparable between runs, not with the papers.
 
-These FIDs use Keras' ImageNet InceptionV3 weights, not the 2015 TensorFlow Inception graph
-of the published numbers: they compare with each other, not with the papers.
+Three preprocessing conventions (`RESIZES`), each a resize of uint8 images to 299x299 and the
+scaling of their pixels to Inception's [-1, 1]:
+- "clean" (clean-fid, Parmar et al. 2022): PIL's bicubic filter on float32 channels
+  (antialiased when shrinking), then (x - 128) / 128 as clean-fid feeds the 2015 graph;
+- "pytorch-fid": bilinear interpolation of float tensors without antialiasing
+  (`F.interpolate(align_corners=False)`), then 2 x / 255 - 1;
+- "tensorflow": TensorFlow 1's `ResizeBilinear` inside the 2015 graph (no half-pixel offset,
+  as the original TTUR code runs it), then (x - 128) / 128.
+Keras' ImageNet network always takes x / 127.5 - 1. Grayscale is repeated to RGB.
 """
 
 import dataclasses
@@ -25,37 +33,90 @@ from PIL import Image
 
 from keras_ddpm.data.image_files import list_images
 from keras_ddpm.data.image_files import read_image
+from keras_ddpm.evaluation import FEATURES
+from keras_ddpm.evaluation import RESIZES
 
 INCEPTION_WEIGHTS_URL = (
     "https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/"
     "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
 )
 INCEPTION_INPUT_SIZE = 299
-FEATURES_VERSION = 1  # bump when preprocessing changes; it is part of every cache key
+FEATURES_VERSION = 2  # bump when preprocessing changes; it is part of every cache key
+# Pixel value -> (value - center) / scale, Inception's input range.
+KERAS_SCALING = (127.5, 127.5)  # Keras' InceptionV3; also pytorch-fid's 2 (x / 255) - 1
+TF_GRAPH_SCALING = (128.0, 128.0)  # the 2015 graph's Sub and Mul nodes, clean-fid's scaling
+NOTES = {
+    ("inception-2015", "clean"): "the 2015 TF Inception with clean-fid's resizing: comparable "
+    "with clean-fid's 'clean' numbers and statistics, not exactly with TF-FID papers",
+    ("inception-2015", "pytorch-fid"): "the 2015 TF Inception with pytorch-fid's resizing: "
+    "comparable with pytorch-fid's numbers and statistics, close to but not exactly TF-FID papers",
+    ("inception-2015", "tensorflow"): "the 2015 TF Inception with TF1's in-graph bilinear resize: "
+    "the protocol of TF-FID papers (TTUR code; clean-fid's legacy_tensorflow)",
+}
 NOTE = (
     "Keras ImageNet InceptionV3 weights: comparable between runs, not equal to the papers' "
     "TF-Inception FIDs"
 )
 
 
+def note(features, resize):
+    """Which published numbers an FID from these settings compares with (one phrase)."""
+    if features == "keras-imagenet":
+        return NOTE
+    return NOTES.get((features, resize), f"{features} features: comparable between runs only")
+
+
 # Features.
 
 
-def resize_images(images, size):
-    """uint8 (N, H, W, C) -> float32 (N, size, size, C) in [0, 255], clean-fid's resize.
+def resize_images(images, size, method="clean"):
+    """uint8 (N, H, W, C) -> float32 (N, size, size, C) in [0, 255] by one of `RESIZES`.
 
-    Each channel is resized as a float32 PIL image with the bicubic filter, whose support
-    widens when shrinking (antialiasing), then clipped to [0, 255].
+    "clean": each channel is resized as a float32 PIL image with the bicubic filter, whose
+    support widens when shrinking (antialiasing), then clipped to [0, 255] (clean-fid).
+    "pytorch-fid" and "tensorflow": bilinear interpolation, separable, without antialiasing
+    (`interpolation_matrix`).
     """
+    if method not in RESIZES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZES)}. Received: {method!r}")
     images = np.asarray(images)
     if images.shape[1:3] == (size, size):
         return images.astype(np.float32)
+    if method != "clean":
+        rows = interpolation_matrix(images.shape[1], size, method)
+        columns = interpolation_matrix(images.shape[2], size, method)
+        channels_first = images.astype(np.float32).transpose(0, 3, 1, 2)  # (N, C, H, W)
+        out = (rows @ channels_first @ columns.T).transpose(0, 2, 3, 1)
+        return np.clip(out, 0, 255)  # convex weights: only round-off leaves [0, 255]
     out = np.empty((len(images), size, size, images.shape[-1]), np.float32)
     for i, image in enumerate(images):
         for c in range(images.shape[-1]):
             channel = Image.fromarray(image[..., c].astype(np.float32), mode="F")
             out[i, ..., c] = np.asarray(channel.resize((size, size), resample=Image.BICUBIC))
     return np.clip(out, 0, 255)
+
+
+def interpolation_matrix(in_size, out_size, method):
+    """(out_size, in_size) float32 weights of 1-d linear interpolation.
+
+    Output pixel i samples the input at
+      "pytorch-fid": (i + 0.5) * in / out - 0.5, clamped at 0 (half-pixel centres,
+        `F.interpolate(mode="bilinear", align_corners=False)`);
+      "tensorflow": i * in / out (TF1 `resize_bilinear`, align_corners=False,
+        half_pixel_centers=False),
+    between its two nearest input pixels, the upper one clamped at the edge.
+    """
+    scale = in_size / out_size
+    positions = np.arange(out_size, dtype=np.float64) * scale
+    if method == "pytorch-fid":
+        positions = np.maximum(positions + 0.5 * scale - 0.5, 0.0)
+    lower = np.minimum(np.floor(positions).astype(np.int64), in_size - 1)
+    upper = np.minimum(lower + 1, in_size - 1)
+    fraction = positions - lower
+    weights = np.zeros((out_size, in_size), np.float64)
+    np.add.at(weights, (np.arange(out_size), lower), 1.0 - fraction)
+    np.add.at(weights, (np.arange(out_size), upper), fraction)
+    return weights.astype(np.float32)
 
 
 class FeatureExtractor:
@@ -67,26 +128,46 @@ class FeatureExtractor:
         input_size: the side images are resized to.
         batch_size: images per forward pass; the last batch is padded so the compiled
             function sees one shape.
+        resize: one of `RESIZES`.
+        scaling: (center, scale): a resized pixel value x enters as (x - center) / scale.
+        features: the network's name in records and cache keys (one of `FEATURES`, or any
+            name for another network).
     """
 
-    def __init__(self, model, name, input_size=INCEPTION_INPUT_SIZE, batch_size=50):
+    def __init__(
+        self,
+        model,
+        name,
+        input_size=INCEPTION_INPUT_SIZE,
+        batch_size=50,
+        resize="clean",
+        scaling=KERAS_SCALING,
+        features="custom",
+    ):
+        if resize not in RESIZES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZES)}. Received: {resize!r}")
         self.model = model
         self.name = name
         self.input_size = input_size
         self.batch_size = batch_size
+        self.resize = resize
+        self.scaling = scaling
+        self.features = features
 
     def preprocess(self, images):
-        """uint8 (N, H, W, C) -> float32 (N, size, size, 3) in [-1, 1] (Inception's scaling)."""
+        """uint8 (N, H, W, C) -> float32 (N, size, size, 3), resized and scaled to Inception's
+        [-1, 1]."""
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
             raise ValueError(
                 f"Expected uint8 images shaped (N, H, W, 1 or 3). Received: {images.dtype} "
                 f"{images.shape}"
             )
-        x = resize_images(images, self.input_size)
+        x = resize_images(images, self.input_size, self.resize)
         if x.shape[-1] == 1:
             x = np.repeat(x, 3, axis=-1)
-        return x / 127.5 - 1.0
+        center, scale = self.scaling
+        return (x - np.float32(center)) / np.float32(scale)
 
     def __call__(self, images):
         features = []
@@ -97,6 +178,47 @@ class FeatureExtractor:
                 x = np.concatenate([x, np.zeros((self.batch_size - count, *x.shape[1:]), x.dtype)])
             features.append(keras.ops.convert_to_numpy(self.model.predict_on_batch(x))[:count])
         return np.concatenate(features).astype(np.float32)
+
+    def describe(self):
+        """What the features depend on, for records and cache keys."""
+        return {"features": self.features, "resize": self.resize, "weights": self.name}
+
+
+def feature_extractor(features="inception-2015", weights=None, resize="clean", batch_size=50):
+    """The FID feature extractor: one of `FEATURES` with one of `RESIZES`.
+
+    `weights`: None for the network's published weights (downloaded into Keras' cache on first
+    use: pytorch-fid's file for "inception-2015", "imagenet" for "keras-imagenet"), or the path
+    of a local weights file (pytorch-fid's `.pth` or a `.weights.h5` of the FID network; Keras'
+    notop `.h5` or a `.weights.h5` for Keras' network).
+    """
+    if features not in FEATURES:
+        raise ValueError(f"features must be one of {', '.join(FEATURES)}. Received: {features!r}")
+    if resize not in RESIZES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZES)}. Received: {resize!r}")
+    if features == "keras-imagenet":
+        return inception_v3("imagenet" if weights is None else weights, batch_size, resize)
+    if weights == "imagenet":
+        raise ValueError(
+            "--inception-weights imagenet names Keras' ImageNet InceptionV3, which --features "
+            "keras-imagenet uses; leave --inception-weights out for the 2015 graph's weights."
+        )
+    return fid_inception(weights, resize, batch_size)
+
+
+def fid_inception(weights=None, resize="clean", batch_size=50):
+    """The 2015 TF Inception graph's features (`keras_ddpm.inception`): pytorch-fid's published
+    weights (None: downloaded and checked) or a local file."""
+    from keras_ddpm import inception
+
+    # The file first: a missing one fails before the network is built.
+    path = inception.download_weights() if weights is None else inception.weights_file(weights)
+    model = inception.load_weights(inception.fid_inception_v3(), path)
+    name = inception.WEIGHTS_NAME if weights is None else weights_name(path)
+    scaling = KERAS_SCALING if resize == "pytorch-fid" else TF_GRAPH_SCALING
+    return FeatureExtractor(
+        model, name, inception.INPUT_SIZE, batch_size, resize, scaling, "inception-2015"
+    )
 
 
 def weights_name(weights):
@@ -110,8 +232,8 @@ def weights_name(weights):
     return "file-" + digest.hexdigest()[:16]
 
 
-def inception_v3(weights="imagenet", batch_size=50):
-    """The FID feature extractor: Keras InceptionV3, no top, 2048-d global average pool.
+def inception_v3(weights="imagenet", batch_size=50, resize="clean"):
+    """Keras' ImageNet InceptionV3 features ("keras-imagenet"): no top, 2048-d average pool.
 
     `weights`: "imagenet" (Keras downloads and caches the file), the path of a local weights
     file (the Keras notop .h5 or a `.weights.h5`), or None for random weights (tests).
@@ -141,7 +263,15 @@ def inception_v3(weights="imagenet", batch_size=50):
         raise ValueError(
             f"Could not load Inception weights from {weights} ({type(error).__name__}: {error})."
         ) from None
-    return FeatureExtractor(model, weights_name(weights), INCEPTION_INPUT_SIZE, batch_size)
+    return FeatureExtractor(
+        model,
+        weights_name(weights),
+        INCEPTION_INPUT_SIZE,
+        batch_size,
+        resize,
+        KERAS_SCALING,
+        "keras-imagenet",
+    )
 
 
 # Statistics.
@@ -152,13 +282,15 @@ class FeatureStatistics:
 
     Sums are kept in float64 around a shift (the first batch's mean), so the covariance
     does not lose precision to large means. At most `max_kid_features` rows are kept,
-    chosen uniformly at random (reservoir sampling) once more arrive.
+    chosen uniformly at random (reservoir sampling) once more arrive. `num_images` counts the
+    rows; statistics loaded from a file that does not say (pytorch-fid's) have None.
     """
 
     def __init__(self, max_kid_features=10_000, seed=0):
         self.max_kid_features = max_kid_features
         self.rng = np.random.default_rng(seed)
         self.num_images = 0
+        self.count = 0  # rows in the sums (a stand-in for loaded statistics)
         self.shift = self.sum = self.outer = None
         self.kid_features = []
         self.key = None  # set by `load`
@@ -176,38 +308,43 @@ class FeatureStatistics:
             if len(self.kid_features) < self.max_kid_features:
                 self.kid_features.append(row)
             else:
-                slot = self.rng.integers(0, self.num_images + 1)
+                slot = self.rng.integers(0, self.count + 1)
                 if slot < self.max_kid_features:
                     self.kid_features[slot] = row
+            self.count += 1
             self.num_images += 1
         return self
 
     @property
     def mean(self):
-        return self.shift + self.sum / self.num_images
+        return self.shift + self.sum / self.count
 
     @property
     def covariance(self):
-        if self.num_images < 2:
-            raise ValueError(f"A covariance needs at least 2 images. Received: {self.num_images}")
-        centred_mean = self.sum / self.num_images
-        return (self.outer - self.num_images * np.outer(centred_mean, centred_mean)) / (
-            self.num_images - 1
-        )
+        if self.count < 2:
+            raise ValueError(f"A covariance needs at least 2 images. Received: {self.count}")
+        centred_mean = self.sum / self.count
+        return (self.outer - self.count * np.outer(centred_mean, centred_mean)) / (self.count - 1)
 
     @property
     def features(self):
+        """The rows kept for KID, (K, D); K is 0 for statistics loaded without them."""
+        if not self.kid_features:
+            return np.zeros((0, 0 if self.shift is None else len(self.shift)), np.float32)
         return np.stack(self.kid_features)
 
     def save(self, path, key=None):
-        """Writes mean, covariance and KID features to `path` (.npz, no pickles), atomically."""
+        """Writes the statistics to `path` (.npz, no pickles), atomically, in pytorch-fid's and
+        clean-fid's format (`mu`, `sigma`: they read it as it is) plus `features` (the KID
+        rows, when kept), `num_images` and `key` (JSON: what the features depend on)."""
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         temporary = f"{path}.{os.getpid()}.tmp.npz"
+        arrays = {"mu": self.mean, "sigma": self.covariance}
+        if self.kid_features:
+            arrays["features"] = self.features
         np.savez(
             temporary,
-            mean=self.mean,
-            covariance=self.covariance,
-            features=self.features,
+            **arrays,
             num_images=np.int64(self.num_images),
             key=np.str_(json.dumps(key or {}, sort_keys=True)),
         )
@@ -215,13 +352,32 @@ class FeatureStatistics:
 
     @classmethod
     def load(cls, path):
+        """Statistics from an .npz with `mu` and `sigma` (written by `save`, pytorch-fid's
+        `--save-stats` or clean-fid), read without pickles. Files without `features` (KID rows)
+        give statistics without them; without `num_images`, `num_images` is None."""
         with np.load(path, allow_pickle=False) as f:
-            stats = cls(max_kid_features=len(f["features"]))
-            stats.num_images = int(f["num_images"])
-            stats.shift, stats.sum = f["mean"], np.zeros_like(f["mean"])
-            stats.outer = f["covariance"] * (stats.num_images - 1)
-            stats.kid_features = list(f["features"])
-            stats.key = json.loads(str(f["key"]))
+            if "mu" not in f.files or "sigma" not in f.files:
+                raise ValueError(
+                    f"{path} holds no FID statistics: expected arrays mu and sigma (pytorch-fid's "
+                    f"and clean-fid's .npz). Received: {', '.join(f.files) or 'nothing'}"
+                )
+            mean, covariance = f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
+            if mean.ndim != 1 or covariance.shape != mean.shape * 2:
+                raise ValueError(
+                    f"{path} holds statistics of mismatched shapes. Received: mu {mean.shape}, "
+                    f"sigma {covariance.shape}"
+                )
+            features = f["features"] if "features" in f.files else np.zeros((0, len(mean)))
+            num_images = int(f["num_images"]) if "num_images" in f.files else None
+            key = json.loads(str(f["key"])) if "key" in f.files else None
+        stats = cls(max_kid_features=max(len(features), 1))
+        stats.num_images = num_images
+        # Zero sums around the mean: any count >= 2 gives back mu and sigma exactly.
+        stats.count = num_images if num_images and num_images > 1 else 2
+        stats.shift, stats.sum = mean, np.zeros_like(mean)
+        stats.outer = covariance * (stats.count - 1)
+        stats.kid_features = list(features.astype(np.float32))
+        stats.key = key
         return stats
 
 
@@ -334,12 +490,19 @@ def kernel_inception_distance(
 
 
 def compare(generated, real, kid_subsets=100, kid_subset_size=1000):
-    """FID and KID between two `FeatureStatistics`, with both image counts."""
-    kid, kid_std = kernel_inception_distance(
-        generated.features, real.features, kid_subsets, kid_subset_size
-    )
-    complete = generated.num_images == len(generated.kid_features) and real.num_images == len(
-        real.kid_features
+    """FID and KID between two `FeatureStatistics`, with both image counts.
+
+    KID (and its std) is None when a side has no feature rows (statistics read from a
+    pytorch-fid or clean-fid file); the FID is then computed from the means and covariances.
+    """
+    if len(generated.features) and len(real.features):
+        kid, kid_std = kernel_inception_distance(
+            generated.features, real.features, kid_subsets, kid_subset_size
+        )
+    else:
+        kid = kid_std = None
+    complete = generated.num_images == len(generated.features) and real.num_images == len(
+        real.features
     )
     if complete and min(generated.num_images, real.num_images) <= generated.features.shape[1]:
         # singular covariances
@@ -372,6 +535,29 @@ def compute_statistics(
             break
     if stats.num_images < 2:
         raise ValueError(f"FID needs at least 2 images. Received: {stats.num_images}")
+    return stats
+
+
+def load_statistics(path, extractor):
+    """Precomputed statistics of real images: an .npz with `mu` and `sigma` (pytorch-fid's
+    `--save-stats`, clean-fid's, or `eval --save-stats`). A file that records its features
+    (written here) must match `extractor`'s network, resizing and weights; foreign files cannot
+    say, so their settings are the user's to match (pytorch-fid's: --resize pytorch-fid,
+    clean-fid's clean: --resize clean)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No statistics file at {path}.")
+    try:
+        stats = FeatureStatistics.load(path)
+    except (OSError, ValueError) as error:
+        if str(error).startswith(path):  # `load`'s own sentence
+            raise
+        raise ValueError(f"Could not read FID statistics from {path} ({error}).") from None
+    recorded = {k: (stats.key or {}).get(k) for k in ("features", "resize", "weights")}
+    expected = extractor.describe()
+    mismatched = [k for k, v in recorded.items() if v is not None and v != expected[k]]
+    if mismatched:
+        described = ", ".join(f"{k} {recorded[k]} (here {expected[k]})" for k in mismatched)
+        raise ValueError(f"{path} was computed with other features: {described}.")
     return stats
 
 
@@ -463,7 +649,7 @@ def default_cache_dir():
 
 def reference_key(source, image_size, image_channels, num_images, extractor, crop="auto"):
     """What a cached reference depends on: data (name and split, or folder contents), size,
-    count, weights."""
+    count, and the features (network, resizing, weights)."""
     if os.path.isdir(source):
         data = {"folder": os.path.abspath(source), "fingerprint": folder_fingerprint(source)}
     else:
@@ -477,6 +663,8 @@ def reference_key(source, image_size, image_channels, num_images, extractor, cro
         "image_size": image_size,
         "image_channels": image_channels,
         "num_images": num_images or "all",
+        "features": extractor.features,
+        "resize": extractor.resize,
         "weights": extractor.name,
         "features_version": FEATURES_VERSION,
     }

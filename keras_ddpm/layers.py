@@ -4,6 +4,9 @@
 Initialisation follows the paper's code: Glorot-uniform (variance scaling 1, fan_avg, uniform)
 everywhere except the last convolution of each residual branch and the attention output
 projection, which start at zero so that every block starts as the identity.
+`kernel_initializer` (the blocks' and `build_unet`'s) replaces every kernel's initializer, for a
+network whose weights are set right after it is built (`keras_ddpm.convert`: "zeros", since on
+JAX each random kernel shape costs a compilation).
 """
 
 import math
@@ -13,6 +16,8 @@ from keras import layers
 from keras import ops
 
 from keras_ddpm import backend
+from keras_ddpm.config import DOWNSAMPLE_PADDINGS
+from keras_ddpm.config import TIMESTEP_EMBEDDINGS
 
 GROUP_NORM_EPSILON = 1e-6  # tf.contrib.layers.group_norm's default, as in the paper's code
 
@@ -102,28 +107,39 @@ class GroupNormalization(layers.GroupNormalization):
 class SinusoidalEmbedding(layers.Layer):
     """Transformer sinusoidal position embedding of integer timesteps, (N,) -> (N, dim).
 
-    The first half of the features are sines, the second half cosines, with
-    frequencies 10000^(-i / (dim/2 - 1)) as in DDPM's `get_timestep_embedding`.
+    layout "sin_cos" (DDPM's `get_timestep_embedding`, diffusers' with freq_shift 1): the first
+    half of the features are sines, the second half cosines, with frequencies
+    10000^(-i / (dim/2 - 1)). "interleaved" (w86763777/pytorch-ddpm's table, which seed 000's
+    checkpoints use): sin and cos of each frequency side by side, frequencies 10000^(-2i / dim).
     """
 
-    def __init__(self, dim, **kwargs):
+    def __init__(self, dim, layout="sin_cos", **kwargs):
         super().__init__(**kwargs)
         if dim < 4 or dim % 2:
             raise ValueError(f"dim must be even and at least 4. Received: dim={dim}")
+        if layout not in TIMESTEP_EMBEDDINGS:
+            raise ValueError(
+                f"layout must be one of {TIMESTEP_EMBEDDINGS}. Received: layout={layout!r}"
+            )
         self.dim = dim
+        self.layout = layout
 
     def call(self, timesteps):
         half = self.dim // 2
-        exponent = -math.log(10000.0) / (half - 1)
+        interleaved = self.layout == "interleaved"
+        exponent = -math.log(10000.0) / (half if interleaved else half - 1)
         frequencies = ops.exp(ops.arange(half, dtype="float32") * exponent)
         angles = ops.cast(timesteps, "float32")[:, None] * frequencies[None, :]
+        if interleaved:
+            pairs = ops.stack([ops.sin(angles), ops.cos(angles)], axis=-1)
+            return ops.reshape(pairs, (-1, self.dim))
         return ops.concatenate([ops.sin(angles), ops.cos(angles)], axis=-1)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.dim)
 
     def get_config(self):
-        return {**super().get_config(), "dim": self.dim}
+        return {**super().get_config(), "dim": self.dim, "layout": self.layout}
 
 
 @keras.saving.register_keras_serializable(package="keras_ddpm")
@@ -134,17 +150,28 @@ class ResidualBlock(layers.Layer):
     returns shortcut(x) + h, with a 1x1 shortcut ("nin") when the channel count changes.
     """
 
-    def __init__(self, channels, num_groups=32, dropout=0.0, **kwargs):
+    def __init__(
+        self,
+        channels,
+        num_groups=32,
+        dropout=0.0,
+        epsilon=GROUP_NORM_EPSILON,
+        kernel_initializer=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.channels = channels
         self.num_groups = num_groups
         self.dropout = dropout
-        self.norm1 = GroupNormalization(num_groups, epsilon=GROUP_NORM_EPSILON, name="norm1")
-        self.conv1 = Conv2D(channels, 3, padding="same", name="conv1")
-        self.temb_proj = Dense(channels, name="temb_proj")
-        self.norm2 = GroupNormalization(num_groups, epsilon=GROUP_NORM_EPSILON, name="norm2")
+        self.epsilon = epsilon
+        self.kernel_initializer = kernel_initializer
+        glorot, zeros = kernel_initializer or "glorot_uniform", kernel_initializer or "zeros"
+        self.norm1 = GroupNormalization(num_groups, epsilon=epsilon, name="norm1")
+        self.conv1 = Conv2D(channels, 3, padding="same", kernel_initializer=glorot, name="conv1")
+        self.temb_proj = Dense(channels, kernel_initializer=glorot, name="temb_proj")
+        self.norm2 = GroupNormalization(num_groups, epsilon=epsilon, name="norm2")
         self.drop = layers.Dropout(dropout, name="dropout")
-        self.conv2 = Conv2D(channels, 3, padding="same", kernel_initializer="zeros", name="conv2")
+        self.conv2 = Conv2D(channels, 3, padding="same", kernel_initializer=zeros, name="conv2")
         self.shortcut = None
 
     def build(self, input_shape):
@@ -156,7 +183,10 @@ class ResidualBlock(layers.Layer):
         self.norm2.build(h_shape)
         self.conv2.build(h_shape)
         if x_shape[-1] != self.channels:
-            self.shortcut = Dense(self.channels, name="nin_shortcut")
+            initializer = self.kernel_initializer or "glorot_uniform"
+            self.shortcut = Dense(
+                self.channels, kernel_initializer=initializer, name="nin_shortcut"
+            )
             self.shortcut.build(x_shape)
 
     def call(self, inputs, training=None):
@@ -180,6 +210,8 @@ class ResidualBlock(layers.Layer):
             "channels": self.channels,
             "num_groups": self.num_groups,
             "dropout": self.dropout,
+            "epsilon": self.epsilon,
+            "kernel_initializer": self.kernel_initializer,
         }
 
 
@@ -191,18 +223,24 @@ class AttentionBlock(layers.Layer):
     (zero-initialised) and added to x.
     """
 
-    def __init__(self, num_groups=32, **kwargs):
+    def __init__(
+        self, num_groups=32, epsilon=GROUP_NORM_EPSILON, kernel_initializer=None, **kwargs
+    ):
         super().__init__(**kwargs)
         self.num_groups = num_groups
-        self.norm = GroupNormalization(num_groups, epsilon=GROUP_NORM_EPSILON, name="norm")
+        self.epsilon = epsilon
+        self.kernel_initializer = kernel_initializer
+        self.norm = GroupNormalization(num_groups, epsilon=epsilon, name="norm")
 
     def build(self, input_shape):
         channels = input_shape[-1]
         self.norm.build(input_shape)
-        self.q = Dense(channels, name="q")
-        self.k = Dense(channels, name="k")
-        self.v = Dense(channels, name="v")
-        self.proj_out = Dense(channels, kernel_initializer="zeros", name="proj_out")
+        glorot = self.kernel_initializer or "glorot_uniform"
+        self.q = Dense(channels, kernel_initializer=glorot, name="q")
+        self.k = Dense(channels, kernel_initializer=glorot, name="k")
+        self.v = Dense(channels, kernel_initializer=glorot, name="v")
+        zeros = self.kernel_initializer or "zeros"
+        self.proj_out = Dense(channels, kernel_initializer=zeros, name="proj_out")
         for dense in (self.q, self.k, self.v, self.proj_out):
             dense.build(input_shape)
 
@@ -223,40 +261,76 @@ class AttentionBlock(layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "num_groups": self.num_groups}
+        return {
+            **super().get_config(),
+            "num_groups": self.num_groups,
+            "epsilon": self.epsilon,
+            "kernel_initializer": self.kernel_initializer,
+        }
 
 
 @keras.saving.register_keras_serializable(package="keras_ddpm")
 class Downsample(layers.Layer):
-    """3x3 convolution with stride 2."""
+    """3x3 convolution with stride 2.
 
-    def __init__(self, channels, **kwargs):
+    padding "same": TensorFlow's, one zero row and column after the image (DDPM's code; diffusers'
+    downsample_padding 0); "symmetric": one on every side (PyTorch's padding=1, as in
+    w86763777/pytorch-ddpm and diffusers' downsample_padding 1). Both halve an even size; they
+    sample the image one pixel apart.
+    """
+
+    def __init__(self, channels, padding="same", kernel_initializer=None, **kwargs):
         super().__init__(**kwargs)
+        if padding not in DOWNSAMPLE_PADDINGS:
+            raise ValueError(
+                f"padding must be one of {DOWNSAMPLE_PADDINGS}. Received: padding={padding!r}"
+            )
         self.channels = channels
-        self.conv = Conv2D(channels, 3, strides=2, padding="same", name="conv")
+        self.padding = padding
+        self.kernel_initializer = kernel_initializer
+        self.conv = Conv2D(
+            channels,
+            3,
+            strides=2,
+            padding="same" if padding == "same" else "valid",
+            kernel_initializer=kernel_initializer or "glorot_uniform",
+            name="conv",
+        )
 
     def build(self, input_shape):
         self.conv.build(input_shape)
 
     def call(self, x):
+        if self.padding == "symmetric":
+            x = ops.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
         return self.conv.call(x)
 
     def compute_output_shape(self, input_shape):
+        if self.padding == "symmetric":
+            height, width = (None if d is None else d + 2 for d in input_shape[1:3])
+            input_shape = (input_shape[0], height, width, input_shape[3])
         return self.conv.compute_output_shape(input_shape)
 
     def get_config(self):
-        return {**super().get_config(), "channels": self.channels}
+        return {
+            **super().get_config(),
+            "channels": self.channels,
+            "padding": self.padding,
+            "kernel_initializer": self.kernel_initializer,
+        }
 
 
 @keras.saving.register_keras_serializable(package="keras_ddpm")
 class Upsample(layers.Layer):
     """Nearest-neighbour 2x upsampling followed by a 3x3 convolution."""
 
-    def __init__(self, channels, **kwargs):
+    def __init__(self, channels, kernel_initializer=None, **kwargs):
         super().__init__(**kwargs)
         self.channels = channels
+        self.kernel_initializer = kernel_initializer
         self.upsample = layers.UpSampling2D(2, interpolation="nearest", name="upsample")
-        self.conv = Conv2D(channels, 3, padding="same", name="conv")
+        initializer = kernel_initializer or "glorot_uniform"
+        self.conv = Conv2D(channels, 3, padding="same", kernel_initializer=initializer, name="conv")
 
     def build(self, input_shape):
         self.upsample.build(input_shape)
@@ -272,4 +346,8 @@ class Upsample(layers.Layer):
         return (input_shape[0], input_shape[1] * 2, input_shape[2] * 2, self.channels)
 
     def get_config(self):
-        return {**super().get_config(), "channels": self.channels}
+        return {
+            **super().get_config(),
+            "channels": self.channels,
+            "kernel_initializer": self.kernel_initializer,
+        }

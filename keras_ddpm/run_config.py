@@ -17,8 +17,11 @@ import os
 from keras_ddpm.config import LR_SCHEDULES
 from keras_ddpm.config import OPTIMIZERS
 from keras_ddpm.config import PREDICTIONS
+from keras_ddpm.config import PRESETS
 from keras_ddpm.config import SCHEDULES
 from keras_ddpm.config import get_preset
+from keras_ddpm.evaluation import FEATURES
+from keras_ddpm.evaluation import RESIZES
 from keras_ddpm.sampling_options import CROP_CHOICES
 
 # --mixed-precision: Keras' dtype policy of each (`training.set_mixed_precision`).
@@ -99,7 +102,7 @@ class RunConfig:
     flip: bool = _option(None, bool)
     cache: str = _option("auto", str)  # auto, memory, none, or a folder
     # The model and its optimizer: a preset and overrides of it.
-    preset: str = _option("mnist", str)
+    preset: str = _option("mnist", str, choices=tuple(PRESETS))
     steps: int = _option(None, int, low=1)
     batch_size: int = _option(None, int, low=1)
     optimizer: str = _option(None, str, choices=OPTIMIZERS)
@@ -108,6 +111,7 @@ class RunConfig:
     lr_schedule: str = _option(None, str, choices=LR_SCHEDULES)
     warmup_steps: int = _option(None, int, low=0)
     grad_clip: float = _option(None, float, low=0)
+    grad_accum: int = _option(None, int, low=1)
     ema_decay: float = _option(None, float, low=0, high=1, high_open=True)
     ema_warmup_power: float = _option(None, float, low=0)
     prediction: str = _option(None, str, choices=PREDICTIONS)
@@ -131,7 +135,9 @@ class RunConfig:
     fid_every: int = _option(0, int, low=0)  # 0: never
     fid_samples: int = _option(1000, int, low=2)
     fid_steps: int = _option(50, int, low=1)
-    inception_weights: str = _option("imagenet", str)
+    fid_features: str = _option("inception-2015", str, choices=FEATURES)
+    fid_resize: str = _option("clean", str, choices=RESIZES)
+    inception_weights: str = _option(None, str)  # None: the network's published weights
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -211,6 +217,7 @@ class RunConfig:
             "weight_decay": self.weight_decay,
             "lr_schedule": self.lr_schedule,
             "grad_clip": self.grad_clip,
+            "grad_accum": self.grad_accum,
             "ema_warmup_power": self.ema_warmup_power,
         }
         if self.class_cond:

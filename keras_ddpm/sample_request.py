@@ -33,6 +33,7 @@ from keras_ddpm.sampling_options import MODE_OPTIONS
 from keras_ddpm.sampling_options import MODES
 from keras_ddpm.sampling_options import REAL_IMAGE_MODES
 from keras_ddpm.sampling_options import SAMPLERS
+from keras_ddpm.sampling_options import VARIANCES
 from keras_ddpm.sampling_options import SamplingOptions
 from keras_ddpm.sampling_options import default_sampler
 from keras_ddpm.sampling_options import default_skip
@@ -42,7 +43,11 @@ from keras_ddpm.sampling_options import default_steps
 @dataclasses.dataclass(frozen=True)
 class SampleRequest(SamplingOptions):
     """`cli.py sample`'s options (`SamplingOptions`, same names). `None` means the mode's or the
-    sampler's default; `resolve(model)` fills those in and checks every value against the model."""
+    sampler's default; `resolve(model)` fills those in and checks every value against the model.
+
+    `variance` and `clip_denoised` default to the model's (`DiffusionConfig`): fixed-small and
+    clipping for models trained here, their authors' settings for imported checkpoints.
+    """
 
     def resolve(self, model, max_images=MAX_IMAGES, max_evaluations=MAX_EVALUATIONS):
         """A copy with the defaults filled in; raises ValueError (one sentence) for a bad value,
@@ -99,8 +104,24 @@ class SampleRequest(SamplingOptions):
             _check_int(f"the image index ({name})", getattr(self, name), 0, 10**9)
         if self.mode == "inpainting":
             self.fill_mask(model.config.unet.image_size)  # raises for a bad box
+        variance = self.variance or model.config.diffusion.variance
+        if variance not in VARIANCES:
+            raise ValueError(
+                f"variance must be one of {', '.join(VARIANCES)}. Received: variance={variance!r}"
+            )
+        clip = (
+            model.config.diffusion.clip_denoised
+            if self.clip_denoised is None
+            else self.clip_denoised
+        )
         resolved = dataclasses.replace(
-            self, sampler=sampler, steps=steps, n_frames=n_frames, coarse_timesteps=coarse
+            self,
+            sampler=sampler,
+            steps=steps,
+            n_frames=n_frames,
+            coarse_timesteps=coarse,
+            variance=variance,
+            clip_denoised=bool(clip),
         )
         evaluations = resolved.network_evaluations(model)
         if evaluations > max_evaluations:
@@ -139,16 +160,23 @@ class SampleRequest(SamplingOptions):
 
     def generate_options(self):
         """The keyword arguments of `DiffusionModel.generate` (and of the `sampling_modes`
-        functions)."""
-        return dict(
+        functions); a variance or clipping left to the model (None) is left out."""
+        options = dict(
             sampler=self.sampler,
             steps=self.steps,
             eta=self.eta,
             skip=self.skip,
             variance=self.variance,
+            clip_denoised=self.clip_denoised,
+            use_ema=self.use_ema,
             guidance=self.guidance,
             class_labels=self.class_label,
         )
+        return {
+            key: value
+            for key, value in options.items()
+            if value is not None or key not in ("variance", "clip_denoised")
+        }
 
     def fill_mask(self, image_size):
         """inpainting: (H, W, 1), 1 inside the box the model fills (default: the central half)."""
@@ -184,6 +212,8 @@ class SampleRequest(SamplingOptions):
                     "--" + name.replace("_", "-"),
                     ",".join(map(str, value)) if isinstance(value, tuple) else str(value),
                 ]
+        if not self.use_ema:
+            args.append("--no-ema")
         if save_path:
             args += ["--save-path", save_path]
         return shlex.join(args)

@@ -46,6 +46,8 @@ MAX_COARSE_TIMESTEPS = 64  # coarse_to_fine rows (DDPM Figure 9 has 6)
 # with guidance. The app passes its own, far lower, cap.
 MAX_EVALUATIONS = 10_000_000
 
+# The options of `sample` that `eval` takes too: how each image's chain runs.
+CHAIN_OPTIONS = ("sampler", "steps", "eta", "skip", "variance", "guidance", "seed", "use_ema")
 COMMON_OPTIONS = (
     "mode",
     "sampler",
@@ -92,8 +94,10 @@ class SamplingOptions:
     steps: int = None
     eta: float = 0.0  # DDIM eta (0: deterministic)
     skip: str = None
-    variance: str = "fixed_small"
+    variance: str = None  # None: the model's (fixed_small, or an imported checkpoint's)
     guidance: float = 0.0  # classifier-free guidance weight w
+    clip_denoised: bool = None  # clip x0_hat to [-1, 1]; None: the model's
+    use_ema: bool = True  # sample with the EMA weights (False: the trained ones)
     class_label: int = None  # class-conditional models: None draws a column per class
     seed: int = 0
     batch_size: int = 16  # images of the grid, or samples per row (coarse_to_fine, inpainting)

@@ -7,6 +7,9 @@ import os
 
 from keras_ddpm.errors import describe_error
 
+# Which weights a converted checkpoint samples with, where its file holds both (`convert`).
+CONVERTED_WEIGHTS = ("ema", "raw")
+
 # The models that ship with the project, beside the package in its source tree.
 _SOURCE_TREE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAVED_MODELS = os.path.join(_SOURCE_TREE, "saved_models")
@@ -38,11 +41,24 @@ def default_model_path():
     )
 
 
+def model_file(path):
+    """The `.keras` file that `path` names: `path` itself, or, for a published checkpoint
+    (a diffusers folder or Hugging Face Hub id, or another format `keras_ddpm.convert` reads),
+    its conversion, converted once and cached."""
+    from keras_ddpm import convert
+
+    if convert.detect_format(path) is None:
+        return path
+    return convert.converted_model_path(path)
+
+
 def load_model_file(path):
     """`keras_ddpm.load_model`, with the next step named when there is no file and one sentence
-    (a `ValueError`) for any file Keras cannot read as a keras_ddpm model."""
+    (a `ValueError`) for any file Keras cannot read as a keras_ddpm model. A published checkpoint
+    (`model_file`) loads as its converted model."""
     from keras_ddpm.diffusion_model import load_model
 
+    path = model_file(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"No model file at {path}; train one with `python cli.py train --out DIR` and pass "

@@ -289,6 +289,13 @@ def run(config, explicit=None, echo=None):
         raise ValueError(
             f"The batch size {batch_size} does not split evenly across {replicas} devices."
         )
+    accumulated = preset.train.grad_accum
+    if (batch_size // replicas) % accumulated:
+        raise ValueError(
+            f"Each of the {replicas} devices' {batch_size // replicas} examples do not split into "
+            f"{accumulated} equal micro-batches (--grad-accum); pick a batch size divisible by "
+            f"{replicas * accumulated}."
+        )
     if config.steps_per_execution > 1 and not backend.supports_steps_per_execution():
         raise ValueError(
             "--steps-per-execution needs the tensorflow or jax backend; PyTorch runs one step "
@@ -404,6 +411,8 @@ def _fid_callbacks(config, model, writer, echo):
         num_images=config.fid_samples,
         batch_size=min(50, config.fid_samples),
         steps=config.fid_steps,
+        features=config.fid_features,
+        resize=config.fid_resize,
         inception_weights=config.inception_weights,
     )
     if config.fid_steps > model.schedule.timesteps:
@@ -412,7 +421,9 @@ def _fid_callbacks(config, model, writer, echo):
             "training timesteps."
         )
     evaluation.sample_request(model)  # a bad sampling option fails before training
-    extractor = fid.inception_v3(config.inception_weights, batch_size=evaluation.batch_size)
+    extractor = fid.feature_extractor(
+        config.fid_features, config.inception_weights, config.fid_resize, evaluation.batch_size
+    )
     size, _, channels = model.image_shape
     echo(f"reference statistics of {config.dataset} ({config.fid_samples} images at most)")
     reference, _ = fid.reference_statistics(

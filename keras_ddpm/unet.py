@@ -16,7 +16,6 @@ import keras
 from keras import layers
 from keras import ops
 
-from keras_ddpm.layers import GROUP_NORM_EPSILON
 from keras_ddpm.layers import AttentionBlock
 from keras_ddpm.layers import Conv2D
 from keras_ddpm.layers import Dense
@@ -27,17 +26,22 @@ from keras_ddpm.layers import SinusoidalEmbedding
 from keras_ddpm.layers import Upsample
 
 
-def build_unet(config, name="unet"):
-    """Returns a `keras.Model` mapping [x_t, t] (or [x_t, t, label]) to an (N, H, W, C) output."""
+def build_unet(config, name="unet", kernel_initializer=None):
+    """Returns a `keras.Model` mapping [x_t, t] (or [x_t, t, label]) to an (N, H, W, C) output.
+
+    `kernel_initializer`: None for the paper's initialisation; else every kernel's (e.g. "zeros"
+    for a network whose weights are set next).
+    """
+    glorot, zeros = kernel_initializer or "glorot_uniform", kernel_initializer or "zeros"
     ch = config.base_channels
     size, channels = config.image_size, config.image_channels
     images = keras.Input((size, size, channels), name="images")
     timesteps = keras.Input((), dtype="int32", name="timesteps")
     inputs = [images, timesteps]
 
-    temb = SinusoidalEmbedding(ch, name="timestep_embedding")(timesteps)
-    temb = Dense(4 * ch, name="temb_dense0")(temb)
-    temb = Dense(4 * ch, name="temb_dense1")(ops.silu(temb))
+    temb = SinusoidalEmbedding(ch, config.timestep_embedding, name="timestep_embedding")(timesteps)
+    temb = Dense(4 * ch, kernel_initializer=glorot, name="temb_dense0")(temb)
+    temb = Dense(4 * ch, kernel_initializer=glorot, name="temb_dense1")(ops.silu(temb))
     if config.num_classes:
         labels = keras.Input((), dtype="int32", name="labels")
         inputs.append(labels)
@@ -46,25 +50,41 @@ def build_unet(config, name="unet"):
         )
 
     def res_block(x, out_channels, block_name):
-        return ResidualBlock(out_channels, config.num_groups, config.dropout, name=block_name)(
-            [x, temb]
-        )
+        return ResidualBlock(
+            out_channels,
+            config.num_groups,
+            config.dropout,
+            config.norm_epsilon,
+            kernel_initializer,
+            name=block_name,
+        )([x, temb])
+
+    def attention(x, block_name):
+        return AttentionBlock(
+            config.num_groups, config.norm_epsilon, kernel_initializer, name=block_name
+        )(x)
 
     # Downsampling.
-    skips = [Conv2D(ch, 3, padding="same", name="conv_in")(images)]
+    skips = [Conv2D(ch, 3, padding="same", kernel_initializer=glorot, name="conv_in")(images)]
     for level, mult in enumerate(config.channel_multipliers):
         for block in range(config.num_res_blocks):
             h = res_block(skips[-1], ch * mult, f"down{level}_block{block}")
             if h.shape[1] in config.attention_resolutions:
-                h = AttentionBlock(config.num_groups, name=f"down{level}_attn{block}")(h)
+                h = attention(h, f"down{level}_attn{block}")
             skips.append(h)
         if level != len(config.channel_multipliers) - 1:
-            skips.append(Downsample(skips[-1].shape[-1], name=f"down{level}_downsample")(skips[-1]))
+            downsample = Downsample(
+                skips[-1].shape[-1],
+                config.downsample_padding,
+                kernel_initializer,
+                name=f"down{level}_downsample",
+            )
+            skips.append(downsample(skips[-1]))
 
     # Middle.
     h = skips[-1]
     h = res_block(h, h.shape[-1], "mid_block1")
-    h = AttentionBlock(config.num_groups, name="mid_attn")(h)
+    h = attention(h, "mid_attn")
     h = res_block(h, h.shape[-1], "mid_block2")
 
     # Upsampling.
@@ -74,11 +94,11 @@ def build_unet(config, name="unet"):
             h = layers.Concatenate(name=f"up{level}_concat{block}")([h, skips.pop()])
             h = res_block(h, ch * mult, f"up{level}_block{block}")
             if h.shape[1] in config.attention_resolutions:
-                h = AttentionBlock(config.num_groups, name=f"up{level}_attn{block}")(h)
+                h = attention(h, f"up{level}_attn{block}")
         if level != 0:
-            h = Upsample(h.shape[-1], name=f"up{level}_upsample")(h)
+            h = Upsample(h.shape[-1], kernel_initializer, name=f"up{level}_upsample")(h)
 
-    h = GroupNormalization(config.num_groups, epsilon=GROUP_NORM_EPSILON, name="norm_out")(h)
+    h = GroupNormalization(config.num_groups, epsilon=config.norm_epsilon, name="norm_out")(h)
     h = layers.Activation("silu", name="act_out")(h)
-    outputs = Conv2D(channels, 3, padding="same", kernel_initializer="zeros", name="conv_out")(h)
+    outputs = Conv2D(channels, 3, padding="same", kernel_initializer=zeros, name="conv_out")(h)
     return keras.Model(inputs, outputs, name=name)

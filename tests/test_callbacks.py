@@ -10,6 +10,7 @@ import os
 import keras
 import numpy as np
 import pytest
+from fid_testing import random_fid_inception
 from fid_testing import tiny_extractor
 from fid_testing import write_images
 
@@ -29,9 +30,9 @@ def reference(tiny_images):
 
 @pytest.fixture(scope="module")
 def inception_weights(tmp_path_factory):
-    """Random InceptionV3 weights saved to a local file (the --inception-weights path)."""
-    path = str(tmp_path_factory.mktemp("inception") / "inception_random.weights.h5")
-    fid.inception_v3(None).model.save_weights(path)
+    """Random FID Inception weights saved to a local file (the --inception-weights path)."""
+    path = str(tmp_path_factory.mktemp("inception") / "fid_inception_random.weights.h5")
+    random_fid_inception().save_weights(path)
     return path
 
 
@@ -50,8 +51,8 @@ def test_fid_during_fit_goes_into_history_csv_and_tensorboard(
         log_dir=str(tmp_path / "logs"),
         verbose=0,
     )
-    # The default path: InceptionV3 built from a weights file and a folder's statistics, both when
-    # training begins.
+    # The default path: the FID Inception built from a weights file and a folder's statistics,
+    # both when training begins.
     every_3_steps = FIDCallback(
         write_images(str(tmp_path / "real"), 4),
         EvalConfig(
@@ -176,12 +177,12 @@ def test_cli_train_fid_every_wires_a_callback_into_fit(tmp_path, monkeypatch):
 
     weights_asked = []
 
-    def tiny_inception(weights="imagenet", batch_size=50):
+    def tiny_inception(features="inception-2015", weights=None, resize="clean", batch_size=50):
         weights_asked.append((weights, batch_size))
         return tiny_extractor(batch_size=batch_size)
 
     monkeypatch.setattr(DiffusionModel, "fit", hooks_only_fit)
-    monkeypatch.setattr(fid, "inception_v3", tiny_inception)
+    monkeypatch.setattr(fid, "feature_extractor", tiny_inception)
     data = write_images(str(tmp_path / "data"), 8)
     out = tmp_path / "run"
     args = [

@@ -18,8 +18,8 @@ from keras_ddpm.cli import cli
 from keras_ddpm.evaluation import EvalConfig
 
 
-def tiny_inception(weights="imagenet", batch_size=4):
-    """`fid.inception_v3`'s stand-in."""
+def tiny_inception(features="inception-2015", weights=None, resize="clean", batch_size=4):
+    """`fid.feature_extractor`'s stand-in."""
     return tiny_extractor(batch_size=batch_size)
 
 
@@ -34,7 +34,7 @@ def model_path(tmp_path_factory):
 
 
 def test_a_folder_against_itself_scores_zero(tmp_path, monkeypatch):
-    monkeypatch.setattr(fid, "inception_v3", tiny_inception)
+    monkeypatch.setattr(fid, "feature_extractor", tiny_inception)
     images = write_images(tmp_path / "images", 6)
     messages = []
     config = EvalConfig(
@@ -55,14 +55,18 @@ def test_a_folder_against_itself_scores_zero(tmp_path, monkeypatch):
     assert abs(record["kid"]) <= 3 * record["kid_std"] + 1e-6
     assert record["sampling"] is None and record["image_shape"] == [16, 16, 1]
     assert record["reference_cache"] is None and record["inception_weights"] == "tiny-test"
-    assert record["backend"] == keras.backend.backend() and record["note"] == fid.NOTE
+    assert record["features"] == "custom" and record["resize"] == "clean"
+    assert record["backend"] == keras.backend.backend()
+    assert record["note"] == fid.note("custom", "clean")
     darker = write_images(tmp_path / "darker", 6, seed=1, high=64)
     different = evaluation.evaluate(dataclasses.replace(config, real_data_dir=darker), echo=print)
     assert different["fid"] > 1e-2
 
 
 def test_sources_are_checked_before_any_work():
-    with pytest.raises(ValueError, match="exactly one of --dataset NAME or --real-data-dir DIR"):
+    with pytest.raises(
+        ValueError, match="exactly one of --dataset NAME, --real-data-dir DIR or --real-stats FILE"
+    ):
         EvalConfig(model_path="m.keras").check_sources()
     with pytest.raises(ValueError, match="Pass --model PATH"):
         EvalConfig(dataset="mnist_5k").check_sources()
@@ -82,7 +86,7 @@ def test_eval_draws_with_the_plan_that_sample_uses(model_path, tmp_path, monkeyp
     monkeypatch.setattr(samplers, "make_plan", recorded)
     # The chains are not run (x_T comes back as the sample): only their plans matter here.
     monkeypatch.setattr(samplers, "run_plan", lambda run, x, plan, *args, **kwargs: (x, x))
-    monkeypatch.setattr(fid, "inception_v3", tiny_inception)
+    monkeypatch.setattr(fid, "feature_extractor", tiny_inception)
     sample_args = ["sample", "--model", model_path, "--sampler", "dpm_solver", "--batch-size", "2"]
     result = CliRunner().invoke(cli, [*sample_args, "--save-path", str(tmp_path / "grid.png")])
     assert result.exit_code == 0, result.output

@@ -1,5 +1,5 @@
-"""FID and KID: closed forms, streaming statistics, preprocessing, the Inception extractor, the
-cache."""
+"""FID and KID: closed forms, streaming statistics, preprocessing, Keras' ImageNet InceptionV3
+extractor ("keras-imagenet"), the cache. The FID Inception network: tests/test_inception.py."""
 
 import hashlib
 import json
@@ -297,6 +297,8 @@ def test_reference_statistics_are_cached_by_key_and_loaded_without_pickles(tmp_p
         "image_size": 16,
         "image_channels": 1,
         "num_images": 20,
+        "features": "custom",
+        "resize": "clean",
         "weights": "tiny-test",
         "features_version": fid.FEATURES_VERSION,
     }
@@ -339,7 +341,7 @@ def test_pickled_or_foreign_cache_files_are_recomputed(tmp_path):
     )
     assert same_path == path and stats.num_images == 10
     with np.load(path, allow_pickle=False) as f:
-        assert f["mean"].dtype == np.float64  # overwritten with real statistics
+        assert f["mu"].dtype == np.float64  # overwritten with real statistics
 
 
 @pytest.mark.once
@@ -417,6 +419,8 @@ def test_cli_eval_of_a_model_then_of_its_saved_images(random_inception, tmp_path
         "3",
         "--batch-size",
         "4",
+        "--features",
+        "keras-imagenet",
         "--inception-weights",
         weights,
     ]
@@ -437,12 +441,14 @@ def test_cli_eval_of_a_model_then_of_its_saved_images(random_inception, tmp_path
         ]
     )
     assert first.exit_code == 0, first.output
-    assert "FID " in first.output and "(3 generated vs 3 real images)" in first.output
+    assert "FID " in first.output
+    assert "(keras-imagenet features, clean resize; 3 generated vs 3 real images)" in first.output
     assert "not equal to the papers' TF-Inception FIDs" in first.output
     assert sorted(os.listdir(gen_dir)) == [f"{i:06d}.png" for i in range(3)]
     a = json.load(open(tmp_path / "a.json"))
     assert a["num_generated"] == 3 and a["num_real"] == 3 and np.isfinite(a["fid"]) and a["fid"] > 0
     assert a["sampling"]["steps"] == 2 and a["inception_weights"] == fid.weights_name(weights)
+    assert a["features"] == "keras-imagenet" and a["resize"] == "clean"
     assert os.path.isfile(a["reference_cache"]) and a["image_shape"] == [16, 16, 1]
     # The saved PNGs are lossless, and the reference now comes from the cache: the same numbers.
     second = run_cli(
@@ -461,7 +467,7 @@ def test_cli_eval_user_errors_are_one_line(tmp_path):
     cases = [
         (
             ["eval", "--gen-data-dir", str(tmp_path)],
-            "exactly one of --dataset NAME or --real-data-dir DIR",
+            "exactly one of --dataset NAME, --real-data-dir DIR or --real-stats FILE",
         ),
         (["eval", "--dataset", "mnist_5k"], "Pass --model PATH"),
         (
@@ -506,7 +512,15 @@ def test_cli_eval_offline_without_weights_says_where_to_get_them(tmp_path, monke
     monkeypatch.setattr(file_utils, "get_file", offline)
     write_images(str(tmp_path / "gen"), 2)
     result = run_cli(
-        ["eval", "--gen-data-dir", str(tmp_path / "gen"), "--dataset", "mnist_5k:test"]
+        [
+            "eval",
+            "--gen-data-dir",
+            str(tmp_path / "gen"),
+            "--dataset",
+            "mnist_5k:test",
+            "--features",
+            "keras-imagenet",
+        ]
     )
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
     assert result.output.startswith("Error: Could not download Keras' InceptionV3 ImageNet weights")

@@ -14,7 +14,8 @@ from keras_ddpm.cli import cli
 pytestmark = pytest.mark.once  # Keras-free tables and parsing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = ("sampler", "steps", "eta", "skip", "variance", "guidance", "seed")  # sample and eval
+SHARED = options.CHAIN_OPTIONS  # of sample and eval
+assert SHARED == ("sampler", "steps", "eta", "skip", "variance", "guidance", "seed", "use_ema")
 
 
 def test_the_options_and_the_cli_import_no_keras():

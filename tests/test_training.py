@@ -276,3 +276,37 @@ def test_run_trains_saves_and_resumes_what_its_config_describes(tmp_path):
         assert json.load(f)["options"] == dataclasses.replace(config, steps=2).options()
     with pytest.raises(ValueError, match="already holds checkpoints: pass --resume"):
         training.run(config, echo=echo)
+
+
+def test_gradient_accumulation_is_the_update_of_the_whole_batch(tiny_images):
+    # DDPM's batch 128 on a small GPU: --grad-accum K averages K micro-batches' gradients before
+    # the one clipping, Adam and EMA step, with t, eps and the label dropout drawn for the whole
+    # batch, so two steps equal those of the unsplit batch (the tiny preset has no dropout).
+    images, num_classes = tiny_images[:16], 3
+    labels = np.arange(16, dtype="int32") % 3
+
+    def two_steps(grad_accum, **compile_options):
+        model = DiffusionModel.from_preset(
+            "tiny", seed=3, num_classes=num_classes, grad_accum=grad_accum
+        )
+        model = randomize_weights(model, seed=1)
+        model.compile(**compile_options)
+        history = model.fit(images, labels, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        weights = [ops.convert_to_numpy(w) for w in model.network.weights]
+        ema = [ops.convert_to_numpy(w) for w in model.ema_network.weights]
+        return history.history["loss"][0], weights, ema, int(model.optimizer.iterations)
+
+    whole = two_steps(1, run_eagerly=keras.backend.backend() != "jax")
+    split = two_steps(4)  # compiled: the accumulation loop as a tf.while_loop / lax.fori_loop
+    assert whole[3] == split[3] == 2  # one optimizer step a batch of 8, not one a micro-batch
+    assert split[0] == pytest.approx(whole[0], rel=1e-5)
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(whole[1], whole[2]))
+    assert moved > 1e-4  # the steps changed the weights, and the EMA lags behind them
+    for name, got, want in (("weights", split[1], whole[1]), ("ema", split[2], whole[2])):
+        error = max(float(np.abs(a - b).max()) for a, b in zip(got, want))
+        assert error < 2e-5, name
+
+
+def test_grad_accum_must_divide_the_batch():
+    with pytest.raises(ValueError, match="does not split into 3 equal micro-batches"):
+        get_preset("tiny").replace(batch_size=16, grad_accum=3)

@@ -1,8 +1,10 @@
-"""What the framework modules share: unpacking a batch and switching an optimizer's clipping off."""
+"""What the framework modules share: unpacking a batch, slicing it into micro-batches, and
+switching an optimizer's clipping off."""
 
 import contextlib
 
 import keras
+from keras import ops
 
 
 def unpack(data):
@@ -20,3 +22,13 @@ def clipping_switched_off(optimizer):
         yield
     finally:
         optimizer.global_clipnorm = clip
+
+
+def micro_batch(inputs, count, index):
+    """Micro-batch `index` of `count` (a tensor index inside a compiled loop, or an int) of a
+    step's inputs (`DiffusionModel.step_inputs`; None entries stay None): examples
+    [index * B / count, (index + 1) * B / count) of each."""
+    return tuple(
+        None if x is None else ops.take(ops.reshape(x, (count, -1, *x.shape[1:])), index, axis=0)
+        for x in inputs
+    )

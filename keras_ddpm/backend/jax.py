@@ -7,6 +7,7 @@ import os
 import jax
 import keras
 
+from keras_ddpm.backend.common import micro_batch
 from keras_ddpm.backend.common import unpack
 
 # XLA's CPU compiler (jax 0.10) hands convolutions, matrix products and element-wise ops to the
@@ -36,23 +37,47 @@ def distribution_scope():
 def train_step(model, state, data):
     trainable, non_trainable, optimizer_variables, metrics_variables = state
     images, labels = unpack(data)
+    count = model.config.train.grad_accum
 
-    def loss_fn(trainable, non_trainable):
+    def stateless(fn, trainable, non_trainable):
+        """`fn()` with the model's variables holding these values; (its result, the
+        non-trainable values after it: seed generators, ours and dropout's, advance)."""
         mapping = list(zip(model.trainable_variables, trainable))
         mapping += list(zip(model.non_trainable_variables, non_trainable))
         with keras.StatelessScope(state_mapping=mapping) as scope:
-            loss = model.compute_diffusion_loss(images, labels, training=True)
+            result = fn()
+        return result, [scope.get_current_value(v) for v in model.non_trainable_variables]
+
+    def loss_fn(trainable, non_trainable, batch):
+        loss, updated = stateless(
+            lambda: model.diffusion_loss(*batch, training=True), trainable, non_trainable
+        )
         # LossScaleOptimizer reads its scale variable: map the optimizer's state too (as Keras'
-        # own step does).
+        # own step does). Micro-batches' gradients add up to their average.
         optimizer_mapping = list(zip(model.optimizer.variables, optimizer_variables))
         with keras.StatelessScope(state_mapping=optimizer_mapping):
-            scaled_loss = model.optimizer.scale_loss(loss)
-        # Seed generators (ours and dropout's) advanced inside the scope.
-        updated = [scope.get_current_value(v) for v in model.non_trainable_variables]
+            scaled_loss = model.optimizer.scale_loss(loss / count if count > 1 else loss)
         return scaled_loss, (loss, updated)
 
+    inputs, non_trainable = stateless(
+        lambda: model.step_inputs(images, labels), trainable, non_trainable
+    )
     gradient_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, (loss, non_trainable)), gradients = gradient_fn(trainable, non_trainable)
+    if count == 1:
+        (_, (loss, non_trainable)), gradients = gradient_fn(trainable, non_trainable, inputs)
+    else:
+
+        def accumulate(index, carry):  # one micro-batch after another: one's activations live
+            loss_sum, gradient_sums, non_trainable = carry
+            batch = micro_batch(inputs, count, index)
+            (_, (loss, non_trainable)), gradients = gradient_fn(trainable, non_trainable, batch)
+            sums = [s + g for s, g in zip(gradient_sums, gradients)]
+            return loss_sum + loss, sums, non_trainable
+
+        zeros = [jax.numpy.zeros_like(v) for v in trainable]
+        start = (jax.numpy.float32(0.0), zeros, list(non_trainable))
+        loss_sum, gradients, non_trainable = jax.lax.fori_loop(0, count, accumulate, start)
+        loss = loss_sum / count
     trainable, optimizer_variables = model.optimizer.stateless_apply(
         optimizer_variables, gradients, trainable
     )

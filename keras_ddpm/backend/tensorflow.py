@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from keras_ddpm.backend import internals
 from keras_ddpm.backend.common import clipping_switched_off
+from keras_ddpm.backend.common import micro_batch
 from keras_ddpm.backend.common import unpack
 
 
@@ -65,12 +66,37 @@ def after_compile(model):
 def train_step(model, data):
     images, labels = unpack(data)
     _, replicas = replica_context()
-    with tf.GradientTape() as tape:
-        loss = model.compute_diffusion_loss(images, labels, training=True)
-        # tf.distribute sums the replicas' gradients: divide so they average (Keras' convention).
-        scaled_loss = model.optimizer.scale_loss(loss / replicas if replicas > 1 else loss)
     variables = model.trainable_variables
-    gradients = tape.gradient(scaled_loss, variables)
+    inputs = model.step_inputs(images, labels)
+    count = model.config.train.grad_accum
+    # tf.distribute sums the replicas' gradients: divide so they average (Keras' convention);
+    # micro-batches' gradients are averaged the same way.
+    divisor = replicas * count
+
+    def loss_and_gradients(batch):
+        with tf.GradientTape() as tape:
+            loss = model.diffusion_loss(*batch, training=True)
+            scaled_loss = model.optimizer.scale_loss(loss / divisor if divisor > 1 else loss)
+        return loss, tape.gradient(scaled_loss, variables)
+
+    if count == 1:
+        loss, gradients = loss_and_gradients(inputs)
+    else:
+
+        def accumulate(index, carry):  # one micro-batch after another: one's activations live
+            loss_sum, gradient_sums = carry
+            loss, gradients = loss_and_gradients(micro_batch(inputs, count, index))
+            gradients = [tf.convert_to_tensor(g) for g in gradients]  # IndexedSlices -> dense
+            return loss_sum + loss, [s + g for s, g in zip(gradient_sums, gradients)]
+
+        zeros = [tf.zeros_like(v) for v in variables]
+        loss_sum, gradients = tf.while_loop(
+            lambda index, _: index < count,
+            lambda index, carry: (index + 1, accumulate(index, carry)),
+            (tf.constant(0), (tf.constant(0.0), zeros)),
+            parallel_iterations=1,
+        )[1]
+        loss = loss_sum / count
     if replicas > 1:
         _apply_clipped_across_replicas(model.optimizer, gradients, variables, replicas)
     else:

@@ -13,6 +13,7 @@ import torch
 
 from keras_ddpm.backend import internals
 from keras_ddpm.backend.common import clipping_switched_off
+from keras_ddpm.backend.common import micro_batch
 from keras_ddpm.backend.common import unpack
 
 
@@ -45,8 +46,18 @@ def compile_inference(fn, variables, jit_compile=False):
 def train_step(model, data):
     images, labels = unpack(data)
     model.zero_grad()
-    loss = model.compute_diffusion_loss(images, labels, training=True)
-    model.optimizer.scale_loss(loss).backward()
+    inputs = model.step_inputs(images, labels)
+    count = model.config.train.grad_accum
+    if count == 1:
+        loss = model.diffusion_loss(*inputs, training=True)
+        model.optimizer.scale_loss(loss).backward()
+    else:  # backward() adds each micro-batch's gradients to .grad: their sum / count
+        losses = []
+        for index in range(count):
+            loss = model.diffusion_loss(*micro_batch(inputs, count, index), training=True)
+            model.optimizer.scale_loss(loss / count).backward()
+            losses.append(loss.detach())
+        loss = torch.stack(losses).mean()
     variables = model.trainable_variables
     plan = _step_plan(model, variables)
     gradients = [weight.grad for weight in plan.adam.weights]
