@@ -161,7 +161,7 @@ def test_commands_name_the_modes_options(app, model_path):
     )
     assert request.resolve(model).command("m.keras", "out.png") == (
         "python cli.py sample --model m.keras --mode coarse_to_fine --sampler ddpm --steps 5 "
-        "--seed 3 --batch-size 4 "
+        "--variance fixed_small --seed 3 --batch-size 4 "  # the model's variance, resolved
         "--coarse-timesteps 50,10 --save-path out.png"
     )
     extra = {

@@ -228,6 +228,9 @@ def random_inception(tmp_path_factory):
     return extractor, path
 
 
+# Keras' own keras.applications network: once (the FID network is compared on every
+# backend in tests/test_inception.py).
+@pytest.mark.once
 @pytest.mark.slow
 def test_inception_v3_gives_2048_features_per_image(random_inception):
     extractor, _ = random_inception
@@ -243,6 +246,9 @@ def test_inception_v3_gives_2048_features_per_image(random_inception):
     )
 
 
+# Keras' own keras.applications network: once (the FID network is compared on every
+# backend in tests/test_inception.py).
+@pytest.mark.once
 @pytest.mark.slow
 def test_inception_v3_loads_local_weights_files(random_inception, tmp_path):
     import h5py

@@ -296,8 +296,11 @@ def test_gradient_accumulation_is_the_update_of_the_whole_batch(tiny_images):
         ema = [ops.convert_to_numpy(w) for w in model.ema_network.weights]
         return history.history["loss"][0], weights, ema, int(model.optimizer.iterations)
 
-    whole = two_steps(1, run_eagerly=keras.backend.backend() != "jax")
-    split = two_steps(4)  # compiled: the accumulation loop as a tf.while_loop / lax.fori_loop
+    # Eager on TensorFlow (its tf.while_loop then runs as a Python loop; tracing it costs ~50 s),
+    # compiled on JAX (the lax.fori_loop); PyTorch's loop is Python's.
+    eager = keras.backend.backend() != "jax"
+    whole = two_steps(1, run_eagerly=eager)
+    split = two_steps(4, run_eagerly=eager)
     assert whole[3] == split[3] == 2  # one optimizer step a batch of 8, not one a micro-batch
     assert split[0] == pytest.approx(whole[0], rel=1e-5)
     moved = max(float(np.abs(a - b).max()) for a, b in zip(whole[1], whole[2]))

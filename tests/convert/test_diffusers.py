@@ -67,6 +67,7 @@ def test_the_six_level_256_layout_matches_diffusers(six_levels):
     assert np.abs(keras_output(model, x, t) - expected).max() <= 1e-4
 
 
+@pytest.mark.once  # the sampling loop's backends are checked in tests/test_diffusion_model.py
 def test_ddim_sampling_matches_diffusers_ddim_pipeline(small32):
     """DDIM, eta 0, 10 steps from the same x_T: diffusers' DDIMPipeline (its scheduler with
     DDIM's leading spacing, clipping as the model's config, the final alpha 1) and `generate`."""
