@@ -61,7 +61,8 @@ def download(repo_id):
             f"Could not download {repo_id} from the Hugging Face Hub ({type(error).__name__}); "
             f"on a machine online, download config.json, scheduler_config.json and "
             f"diffusion_pytorch_model.safetensors (or .bin) from https://huggingface.co/{repo_id} "
-            "into one folder, copy it here and pass that folder instead of the id."
+            "into one folder, copy it here and pass that folder instead of the id (there is no "
+            f"local file or folder named {repo_id} either)."
         ) from None
     if not _complete(folder):
         raise ValueError(
