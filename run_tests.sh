@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite once per Keras backend (a backend is chosen at import time, so each
 # needs its own process). Extra arguments go to pytest, e.g. ./run_tests.sh -m "not slow".
-# Tests marked `once` (their result does not depend on the backend) run on PyTorch only.
+# Tests marked `once` (their result does not depend on the backend) run in one lane only: PyTorch's,
+# or the one their marker names (tests/conftest.py).
 #
 # The suites spend much of their time tracing and compiling on one core (TensorFlow's used 1.1
 # cores on average on a 2-core machine), so with 2 or more cores the three run at once, one lane
@@ -20,7 +21,7 @@ suites() {  # the suite on each backend named, in turn; non-zero if any failed
     echo "=== KERAS_BACKEND=$backend"
     start=$SECONDS
     # Own temporary folder per backend: the lanes never clean up each other's files.
-    KERAS_DDPM_ONCE=$([ "$backend" = torch ] && echo 1 || echo 0) KERAS_BACKEND=$backend python -m pytest -q --durations=10 -p no:cacheprovider \
+    KERAS_DDPM_ONCE=$backend KERAS_BACKEND=$backend python -m pytest -q --durations=10 -p no:cacheprovider \
       --basetemp="$work/tmp-$backend" "${pytest_args[@]}" || status=1
     echo "=== $backend: $((SECONDS - start)) s"
   done

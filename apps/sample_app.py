@@ -1,6 +1,6 @@
 """The sampling app: a Gradio web UI over keras_ddpm's sampling modes.
 
-    python apps/sample_app.py [--model PATH ...] [--host 127.0.0.1] [--port 7860]
+    python apps/sample_app.py [--model PATH ...] [--host 127.0.0.1] [--port 7860] [--share]
 
 It serves the models in saved_models/ and those given with --model, and nothing else: models load
 with Keras' safe mode, and uploaded files are only ever decoded as images by Pillow. The work is
@@ -27,6 +27,10 @@ import threading
 import zipfile
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home (and no internet here)
+
+from keras_ddpm.quiet import quiet_framework_logs  # noqa: E402
+
+quiet_framework_logs()  # TensorFlow's start-up lines kept off the terminal, even for --help
 
 import gradio as gr  # noqa: E402
 
@@ -544,21 +548,28 @@ def _positive(text):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="A web app that samples keras_ddpm models.")
+    parser = argparse.ArgumentParser(
+        description="A web app that samples keras_ddpm models.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,  # "(default: X)" after each help
+    )
+    parser.set_defaults(model=[])  # --model's, kept out of its help (an empty list)
     parser.add_argument(
         "--model",
         action="append",
-        default=[],
+        default=argparse.SUPPRESS,
         help="A .keras file, diffusers folder or Hub id (converted once) to serve as well as "
         "saved_models/ (repeatable).",
     )
     parser.add_argument(
         "--host",
         default="127.0.0.1",
-        help="Address to bind [default: localhost only]; 0.0.0.0 serves the network.",
+        help="Address to bind (127.0.0.1: this machine only; 0.0.0.0 serves the network).",
     )
+    parser.add_argument("--port", type=_port, default=7860, help="Port to serve on.")
     parser.add_argument(
-        "--port", type=_port, default=7860, help="Port to serve on [default: 7860]."
+        "--share",
+        action="store_true",
+        help="Also serve through a public gradio.live link (needs internet access).",
     )
     parser.add_argument(
         "--dataset",
@@ -573,7 +584,7 @@ def parse_args(argv=None):
         type=_positive,
         default=MAX_EVALUATIONS,
         help="Most network evaluations one request may cost (images x steps x rows, twice that "
-        f"with guidance) [default: {MAX_EVALUATIONS}].",
+        "with guidance).",
     )
     parser.add_argument(
         "--concurrency",
@@ -588,7 +599,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None, block=True):
-    """Starts the app; with block=False returns (demo, url) and leaves the server running."""
+    """Starts the app and prints one line with its address; with block=False returns (demo, url)
+    and leaves the server running."""
     args = parse_args(argv)
     backend.configure_xla_cpu()  # before any model work
     _check_port(args.host, args.port)  # before the models load: a taken port fails at once
@@ -605,12 +617,13 @@ def main(argv=None, block=True):
     demo = build_ui(SamplingApp(registry, args.dataset, args.max_images, args.max_evaluations))
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
     try:
-        _, url, _ = demo.launch(
+        _, url, share_url = demo.launch(
             server_name=args.host,
             server_port=args.port,
-            prevent_thread_lock=not block,
+            share=args.share,
+            prevent_thread_lock=True,  # the address is printed, then `block_thread` waits
             show_error=False,
-            quiet=not block,
+            quiet=True,  # Gradio's lines name its own settings (`share=True` in `launch()`)
             footer_links=["gradio"],
             css=CSS,
         )
@@ -618,7 +631,17 @@ def main(argv=None, block=True):
         OSError
     ):  # taken since the check; Gradio's message names its own settings (GRADIO_SERVER_PORT)
         sys.exit(_port_error(args.host, args.port))
+    print(_address_line(url, share_url), flush=True)
+    if block:
+        demo.block_thread()
     return demo, url
+
+
+def _address_line(url, share_url=None):
+    """The one line the app prints when it serves."""
+    if share_url:
+        return f"keras_ddpm app: open {url} here, or {share_url} anywhere (Ctrl-C stops it)"
+    return f"keras_ddpm app: open {url} in a browser (Ctrl-C stops it; --share makes a public link)"
 
 
 def _check_port(host, port):

@@ -1,20 +1,22 @@
 """How good is the shipped class-conditional MNIST model? Measured with a digit classifier (not a
 test).
 
-    python bench/bench_mnist_quality.py [--model saved_models/mnist.keras] [--per-class 50]
+    python bench/bench_mnist_quality.py [--model saved_models/mnist.keras] [--per-class 50] \
+        [--out bench/bench_mnist_quality.json]
 
 1. A small CNN is trained on the 500 real digits of `mnist_5k:test`, which the diffusion model
    never saw (it trained on `mnist_5k:train`), and scored on the 4,500 `mnist_5k:train` digits,
    which the classifier never saw: its accuracy on real digits is the ceiling for samples.
 2. Guided samples: `--per-class` samples of each digit with DDIM-50 at guidance W = 0, 1, 3;
-   the classifier's accuracy on them says whether the model draws the digit it is asked for.
+   the classifier's accuracy on them says whether the model draws the digit it is asked for
+   (skipped for an unconditional model).
 3. Unconditional samples (the null label): the spread of predicted classes (a healthy model draws
    every digit, none above 20%).
 4. A Frechet distance in the classifier's 128-d penultimate features between samples and the 500
    held-out real digits, beside the real-vs-real floor (500 random real training digits against
    the same 500; the training split is ordered by class, so they must be drawn at random).
 
-Prints a table and writes bench/bench_mnist_quality.json.
+Prints a table and writes `--out` (default bench/bench_mnist_quality.json, the shipped model's).
 """
 
 import argparse
@@ -76,6 +78,11 @@ def main():
     parser.add_argument("--epochs", type=int, default=60, help="classifier epochs")
     parser.add_argument("--batch-size", type=int, default=100, help="sampling batch")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--out",
+        default=os.path.join(REPO, "bench", "bench_mnist_quality.json"),
+        help="where the results go (JSON)",
+    )
     args = parser.parse_args()
     keras.utils.set_random_seed(args.seed)
 
@@ -131,7 +138,7 @@ def main():
         ),
     }
     labels = np.repeat(np.arange(10), args.per_class)
-    for guidance in GUIDANCE:
+    for guidance in GUIDANCE if model.num_classes else ():
         start = time.perf_counter()
         images = sample(len(labels), labels, guidance, args.seed + 1000)
         predicted = classifier.predict(images, verbose=0).argmax(-1)
@@ -180,7 +187,7 @@ def main():
         "unconditional class spread: "
         + ", ".join(f"{k}: {100 * f:.0f}%" for k, f in enumerate(fractions))
     )
-    with open(os.path.join(REPO, "bench", "bench_mnist_quality.json"), "w") as f:
+    with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
 
 

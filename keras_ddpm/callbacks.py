@@ -15,6 +15,7 @@ import warnings
 import keras
 import numpy as np
 
+from keras_ddpm import backend
 from keras_ddpm import fid as fid_lib
 from keras_ddpm import images as images_lib
 from keras_ddpm.optimizers import learning_rate_at
@@ -42,6 +43,12 @@ def sync_model_state(model):
         model.jax_state_sync()
 
 
+def optimizer_step(optimizer):
+    """`optimizer.iterations` as an int (under a `tf.distribute` scope its value is a
+    MirroredVariable, which `int()` does not take)."""
+    return int(keras.ops.convert_to_numpy(optimizer.iterations))
+
+
 class StepCallback(keras.callbacks.Callback):
     """Keeps `self.step`, the global optimizer step after the latest batch (works with
     steps_per_execution)."""
@@ -53,7 +60,7 @@ class StepCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         optimizer = getattr(self.model, "optimizer", None)
-        self.step = int(optimizer.iterations) if optimizer is not None else 0
+        self.step = optimizer_step(optimizer) if optimizer is not None else 0
         self._epoch_start = self.step
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -220,28 +227,46 @@ class MetricsLogger(StepCallback):
 
 class SampleGrid(StepCallback):
     """Every `every_n_steps` steps, a grid of EMA samples from fixed x_T to
-    `directory/step_XXXXXXXX.png`.
+    `directory/step_XXXXXXXX.png`; with `at_end`, one more of the last step when training ends
+    between two (a run shorter than `every_n_steps` still leaves a grid), unless it was stopped
+    (Ctrl-C: `model.stop_training`).
 
     The same noise (and labels, 0, 1, ... for class-conditional models) every time, so the
     grids show how the model changes.
     """
 
-    def __init__(self, directory, every_n_steps, num_images=16, steps=50, seed=0):
+    def __init__(self, directory, every_n_steps, num_images=16, steps=50, seed=0, at_end=True):
         super().__init__()
         self.directory = directory
         self.every_n_steps = every_n_steps
         self.num_images = num_images
         self.steps = steps
         self.seed = seed
+        self.at_end = at_end
         self.paths = []
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._fit_start = self.step
 
     def on_train_batch_end(self, batch, logs=None):
         super().on_train_batch_end(batch, logs)
         if self.step % self.every_n_steps == 0:
             self.save()
 
+    def on_train_end(self, logs=None):
+        trained = self.step > self._fit_start
+        if self.at_end and trained and self.step % self.every_n_steps:
+            if not self.model.stop_training:
+                self.save()
+
     def save(self):
+        """Samples the grid and writes it (in a multi-worker run, outside its strategy: the chief
+        alone samples); returns its path."""
         sync_model_state(self.model)
+        return backend.outside_distribution(self._sample_and_write)
+
+    def _sample_and_write(self):
         noise = (
             np.random.default_rng(self.seed)
             .standard_normal((self.num_images, *self.model.image_shape))
@@ -385,9 +410,13 @@ class FIDCallback(StepCallback):
         """Samples, extracts features and compares them with the reference; returns the results."""
         sync_model_state(self.model)
         evaluation = self.evaluation
-        batches = evaluation.generated_batches(self.model)
-        generated = fid_lib.compute_statistics(
-            batches, self.extractor, evaluation.num_images, progress=self.verbose > 1
+        generated = backend.outside_distribution(  # the chief alone samples
+            lambda: fid_lib.compute_statistics(
+                evaluation.generated_batches(self.model),
+                self.extractor,
+                evaluation.num_images,
+                progress=self.verbose > 1,
+            )
         )
         compared = fid_lib.compare(
             generated, self.reference, evaluation.kid_subsets, evaluation.kid_subset_size

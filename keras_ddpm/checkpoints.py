@@ -23,6 +23,7 @@ import warnings
 import zipfile
 import zlib
 
+from keras_ddpm import backend
 from keras_ddpm.callbacks import StepCallback
 from keras_ddpm.callbacks import check_finite
 from keras_ddpm.callbacks import sync_model_state
@@ -102,7 +103,9 @@ def write_atomically(model, path):
     os.makedirs(directory, exist_ok=True)
     temporary = os.path.join(directory, f"{TEMPORARY_PREFIX}{os.getpid()}-{os.path.basename(path)}")
     try:
-        model.save(temporary)  # `save` wants a name ending in .keras
+        # `save` wants a name ending in .keras; in a multi-worker run the chief alone saves, outside
+        # the strategy (which would broadcast the variables saving makes to workers not saving).
+        backend.outside_distribution(lambda: model.save(temporary))
         with open(temporary, "rb") as f:
             os.fsync(f.fileno())
         os.replace(temporary, path)

@@ -21,6 +21,7 @@ import time
 import click
 from click.core import ParameterSource
 
+from keras_ddpm import preflight
 from keras_ddpm import sampling_options
 from keras_ddpm.errors import describe_error
 from keras_ddpm.evaluation import FEATURES
@@ -37,13 +38,24 @@ SAMPLING = sampling_options.DEFAULTS  # of `sample` and of the sampling of `eval
 EVAL = EvalConfig()  # of `eval`
 
 
-def user_errors(command):
+def user_errors(command=None, check=None):
     """The command's error boundary: an error a user can cause (a bad value, file or folder, a
     full disk: `ValueError`, `OSError`) becomes one `Error:` sentence and exit status 1; any other
-    exception one line too, naming `-v`, which shows its traceback."""
+    exception one line too, naming `-v`, which shows its traceback.
+
+    `check(options)` (a `keras_ddpm.preflight` function) runs first, before Keras, TensorFlow or
+    a model loads, so a mistaken command answers at once. `@user_errors` or
+    `@user_errors(check=...)`."""
+    if command is None:
+        return functools.partial(user_errors, check=check)
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        try:
+            if check is not None:
+                check(kwargs)
+        except (ValueError, OSError) as error:
+            raise click.ClickException(describe_error(error)) from None
         if not click.get_current_context().find_root().params.get("show_traceback"):
             quiet_framework_logs()  # before Keras loads TensorFlow
         from keras_ddpm import backend  # here, not in the group: `COMMAND --help` loads no Keras
@@ -73,6 +85,34 @@ def folder_option(context, parameter, value):
     return value
 
 
+def warn_ignored(settings, given, conditional=None):
+    """One `warning:` line on stderr for each option in `given` that the sampler or the model
+    ignores (`sampling_options.ignored_options`); returns their names."""
+    ignored = sampling_options.ignored_options(settings, given, conditional)
+    for name, why in ignored:
+        click.echo(f"warning: --{name.replace('_', '-')} is ignored: {why}.", err=True)
+    return [name for name, _ in ignored]
+
+
+def given_options(names):
+    """Those of `names` (parameter names) that the command line sets."""
+    context = click.get_current_context()
+    return {n for n in names if context.get_parameter_source(n) == ParameterSource.COMMANDLINE}
+
+
+class SuggestingChoice(click.Choice):
+    """`click.Choice` whose error also names the closest choices ("did you mean 'mnist'?")."""
+
+    def get_invalid_choice_message(self, value, ctx):
+        import difflib
+
+        message = super().get_invalid_choice_message(value, ctx)
+        close = difflib.get_close_matches(str(value), [str(c) for c in self.choices], n=2)
+        if close:
+            message += f" Did you mean {' or '.join(repr(c) for c in close)}?"
+        return message
+
+
 class FiniteFloat(click.FloatRange):
     """`click.FloatRange` that also refuses nan and inf (they compare false with any bound)."""
 
@@ -89,7 +129,7 @@ def run_option_type(name):
     """The click type of `RunConfig` option `name`: its `Limit` (choices, or a bounded number)."""
     limit = RunConfig.limit(name)
     if limit.choices is not None:
-        return click.Choice(limit.choices)
+        return SuggestingChoice(limit.choices)
     bounds = dict(min=limit.low, max=limit.high, min_open=limit.low_open, max_open=limit.high_open)
     if limit.kind is float:
         return FiniteFloat(**bounds)
@@ -107,7 +147,7 @@ def sampling_click_options(**help_texts):
     helps = {
         "sampler": f"[default: ddpm for {stochastic}, ddim otherwise]",
         "steps": f"Denoising steps [default: {steps}].",
-        "eta": "DDIM eta (0: deterministic).",
+        "eta": f"DDIM eta, 0 (deterministic) to {sampling_options.MAX_ETA:g} (DDPM's noise).",
         "skip": (
             "Timestep spacing: uniform = DDIM's range(0, T, T//S) (= diffusers' DDIM default, so "
             "DDIM's Table 1 reproduces), quadratic = DDIM's, linspace / trailing = diffusers', "
@@ -115,14 +155,14 @@ def sampling_click_options(**help_texts):
         ),
         "variance": "DDPM variance [default: the model's: fixed_small, or an imported "
         "checkpoint's authors' choice].",
-        "guidance": "Classifier-free guidance weight w (0: plain conditional sampling).",
+        "guidance": "Classifier-free guidance weight w >= 0 (0: plain conditional sampling).",
         "seed": None,
         **help_texts,
     }
     options = [
         click.option(
             "--sampler",
-            type=click.Choice(sampling_options.SAMPLERS),
+            type=SuggestingChoice(sampling_options.SAMPLERS),
             default=SAMPLING.sampler,
             help=helps["sampler"],
         ),
@@ -137,20 +177,25 @@ def sampling_click_options(**help_texts):
             help=helps["eta"],
         ),
         click.option(
+            "--allow-eta-above-1",
+            is_flag=True,
+            help=f"Accept --eta above {sampling_options.MAX_ETA:g} (more noise than DDPM's).",
+        ),
+        click.option(
             "--skip",
-            type=click.Choice(sampling_options.SKIPS),
+            type=SuggestingChoice(sampling_options.SKIPS),
             default=SAMPLING.skip,
             help=helps["skip"],
         ),
         click.option(
             "--variance",
-            type=click.Choice(sampling_options.VARIANCES),
+            type=SuggestingChoice(sampling_options.VARIANCES),
             default=None,  # the model's (`SampleRequest.resolve`)
             help=helps["variance"],
         ),
         click.option(
             "--guidance",
-            type=FiniteFloat(),
+            type=FiniteFloat(min=0),
             default=SAMPLING.guidance,
             show_default=True,
             help=helps["guidance"],
@@ -352,7 +397,8 @@ def main():
     type=run_option_type("distribute"),
     default=RUN.distribute,
     show_default=True,
-    help="Data parallel on all local devices: mirrored (TensorFlow) or data_parallel (JAX).",
+    help="Data parallel on all local devices: mirrored (TensorFlow) or data_parallel (JAX); "
+    "multi_worker: across processes started by a launcher (docs/multi_worker.md).",
 )
 @click.option("--seed", type=run_option_type("seed"), default=RUN.seed, show_default=True)
 @click.option(
@@ -389,14 +435,15 @@ def main():
     type=run_option_type("log_every"),
     default=RUN.log_every,
     show_default=True,
-    help="Steps between rows of OUT/metrics.csv and TensorBoard scalars.",
+    help="Steps between rows of OUT/metrics.csv and TensorBoard scalars; their loss is the mean "
+    "of those steps (the progress bar's is the mean since this session's first step).",
 )
 @click.option(
     "--sample-every",
     type=run_option_type("sample_every"),
     default=RUN.sample_every,
     show_default=True,
-    help="Steps between EMA sample grids in OUT/samples (0: never).",
+    help="Steps between EMA sample grids in OUT/samples, and one of the last step (0: never).",
 )
 @click.option(
     "--sample-steps",
@@ -410,7 +457,7 @@ def main():
     type=run_option_type("verbose"),
     default=RUN.verbose,
     show_default=True,
-    help="0: quiet; 1: a progress bar.",
+    help="0: quiet; 1: a progress bar (its loss: the mean since this session's first step).",
 )
 @click.option(
     "--fid-every",
@@ -454,10 +501,11 @@ def main():
     help="A local weights file of the FID network [default: its published weights, downloaded "
     "once into ~/.keras/models].",
 )
-@user_errors
+@user_errors(check=preflight.check_train)
 def train(**options):
     """Train a model (checkpointed, resumable) and save it to OUT/model.keras."""
     from keras_ddpm import training
+    from keras_ddpm.backend import WorkerLostError
     from keras_ddpm.callbacks import NonFiniteLossError
     from keras_ddpm.checkpoints import RunInUseError
 
@@ -466,7 +514,7 @@ def train(**options):
     config = RunConfig(**options)
     try:
         result = training.run(config, explicit=given, echo=click.echo)
-    except RunInUseError as error:
+    except (RunInUseError, WorkerLostError) as error:
         raise click.ClickException(str(error)) from None
     except NonFiniteLossError as error:
         raise click.ClickException(
@@ -482,7 +530,8 @@ def train(**options):
     trained = (
         f"final loss {loss:.4f}" if loss is not None else f"already trained to step {result.step}"
     )
-    click.echo(f"{trained}; model saved to {result.model_path}")
+    saved = f"model saved to {result.model_path}" if result.model_path else "the chief saves"
+    click.echo(f"{trained}; {saved}")
 
 
 @cli.command()
@@ -495,7 +544,7 @@ def train(**options):
 )
 @click.option(
     "--mode",
-    type=click.Choice(sampling_options.MODES),
+    type=SuggestingChoice(sampling_options.MODES),
     default=SAMPLING.mode,
     show_default=True,
 )
@@ -508,7 +557,9 @@ def train(**options):
     default=SAMPLING.batch_size,
     show_default=True,
     help="Images per grid (normal, denoising_process, sequence) or samples (coarse_to_fine, "
-    "inpainting).",
+    "inpainting). A class-conditional normal or denoising_process grid without --class-label "
+    "has a column per class and fills its rows: batch_size // classes full rows (16 images of 10 "
+    "classes: one row of 10), or one row of the first batch_size classes.",
 )
 @click.option(
     "--class-label",
@@ -538,7 +589,9 @@ def train(**options):
     "--save_path",
     "save_path",
     default=None,
-    help="Output image [default: samples.gif for denoising_process, samples.png otherwise].",
+    help="Output image: .png, .jpg, .webp, .bmp, .gif or .tif; denoising_process: .gif, .png, "
+    ".webp or .tif [default: samples/samples.gif for denoising_process, samples/samples.png "
+    "otherwise; the folder is created].",
 )
 @click.option(
     "--save-dir",
@@ -647,7 +700,7 @@ def train(**options):
     help="inpainting: a box 'x0,y0,x1,y1' in pixels or a mask image (white = fill) [default: the "
     "central box of half the image size].",
 )
-@user_errors
+@user_errors(check=preflight.check_sample)
 def sample(**options):
     """Sample images from a trained model in one of six modes and save them (PNG/JPEG grid or
     GIF)."""
@@ -659,31 +712,31 @@ def sample(**options):
 
     model = load_model_file(options["model_path"] or default_model_path())
     size = model.config.unet.image_size
-    mode, mask, data_dir = options["mode"], options["mask"], options["data_dir"]
+    mode, mask = options["mode"], options["mask"]
     if options["img_size"] is not None and options["img_size"] != size:
         raise ValueError(
             f"--img-size {options['img_size']} does not match the model's image size {size}."
         )
-    save_dir = options["save_dir"]
-    if save_dir is not None and mode != "normal":
-        raise ValueError("--save-dir writes single images of the normal mode only.")
+    save_dir = options["save_dir"]  # preflight.check_sample has checked the options alone
     timesteps = sampling_options.parse_coarse_timesteps(options["coarse_timesteps"])
     fill_mask = None  # a mask image; a box stays in the request
     is_box = mask is not None and mask.replace(",", "").replace(" ", "").isdigit()
     if mode == "inpainting" and mask is not None and (os.path.isfile(mask) or not is_box):
         fill_mask = load_mask(mask, size)
-    dataset = options["dataset"]
-    use_folder = data_dir and os.path.isdir(data_dir) and dataset == SAMPLING.dataset
-    real_source = data_dir if use_folder else dataset
+    real_source, tfds_dir = preflight.real_image_source(options)
+    sampler = options["sampler"] or sampling_options.default_sampler(mode)
+    given = given_options(sampling_options.COMMON_OPTIONS)
+    ignored = warn_ignored({"sampler": sampler}, given, conditional=bool(model.num_classes))
     request = sample_request.SampleRequest.from_options(
         options,
         dataset=real_source,
         coarse_timesteps=timesteps,
         mask=None if fill_mask is not None else mask,
+        **{name: getattr(SAMPLING, name) for name in ignored},  # no effect, or refused
     ).resolve(model)
 
     if save_dir is not None:
-        batch_size = request.batch_size
+        batch_size = options["batch_size"]  # single images: no class grid to fill
         total = options["n_images"] or batch_size
         os.makedirs(save_dir, exist_ok=True)
         for index, first in enumerate(range(0, total, batch_size)):
@@ -696,19 +749,18 @@ def sample(**options):
     images = None
     used = sampling_options.REAL_IMAGE_MODES.get(mode, 0)
     if used:
-        tfds_dir = None if real_source == data_dir else data_dir
         indices = (request.image_idx1, request.image_idx2)[:used]
         channels = model.config.unet.image_channels
         images = modes.load_real_images(real_source, indices, size, channels, data_dir=tfds_dir)
     result = sample_request.run(model, request, images=images, fill_mask=fill_mask)
     if mode == "denoising_process":
-        save_path = options["save_path"] or "samples.gif"
+        save_path = options["save_path"] or preflight.default_save_path(mode)
         save_gif(result.gif_frames(request.padding), save_path, request.frame_ms, request.hold_ms)
         click.echo(
             f"wrote {len(result.frames)} frames of {len(result.tiles)} samples to {save_path}"
         )
         return
-    save_path = options["save_path"] or "samples.png"
+    save_path = options["save_path"] or preflight.default_save_path(mode)
     save_image(result.grid(request.padding), save_path)
     click.echo(f"wrote {len(result.tiles)} {mode} tiles to {save_path}")
 
@@ -716,14 +768,30 @@ def sample(**options):
 @cli.command()
 @click.option("--preset", type=run_option_type("preset"), default=None, help="A preset name.")
 @click.option("--model", "--model_params", "model_path", default=None, help="A .keras file.")
-@user_errors
-def info(preset, model_path):
-    """Print a preset's or a saved model's configuration and parameter count."""
-    if (preset is None) == (model_path is None):
-        raise ValueError("Pass exactly one of --preset NAME or --model PATH.")
+@click.option(
+    "--list", "list_presets", is_flag=True, help="List every preset with its description."
+)
+def info(preset, model_path, list_presets):
+    """Print a preset's or a saved model's configuration and parameter count (a model's
+    trained_steps too; its train.train_steps is the steps planned), or list the presets."""
+    if list_presets and preset is None and model_path is None:
+        from keras_ddpm.config import PRESETS  # Keras-free: --list loads no Keras
+
+        width = max(len(name) for name in PRESETS)
+        for name, config in PRESETS.items():
+            click.echo(f"{name:<{width}}  {config.description}")
+        return
+    show_info(preset=preset, model_path=model_path, list_presets=list_presets)
+
+
+@user_errors(check=preflight.check_info)
+def show_info(preset, model_path, list_presets):
+    """`info --preset` or `info --model` (the error boundary loads Keras)."""
+    trained_steps = None
     if model_path:
         model = load_model_file(model_path)
         config, parameters = model.config, model.network.count_params()
+        trained_steps = model.trained_steps
     else:
         from keras_ddpm import build_unet
         from keras_ddpm import get_preset
@@ -732,6 +800,10 @@ def info(preset, model_path):
         parameters = build_unet(config.unet).count_params()
     click.echo(json.dumps(config.to_dict(), indent=2))
     click.echo(f"parameters: {parameters}")
+    if model_path:
+        planned = config.train.train_steps
+        steps = trained_steps if trained_steps is not None else "unknown (not recorded)"
+        click.echo(f"trained_steps: {steps} (planned: train.train_steps {planned})")
     if config.source:
         click.echo(f"weights: {config.source}")
 
@@ -739,7 +811,7 @@ def info(preset, model_path):
 @cli.command()
 @click.argument("source")
 @click.argument("output")
-@user_errors
+@user_errors(check=preflight.check_export)
 def export(source, output):
     """Write SOURCE (a .keras model or checkpoint, or a run directory: its model.keras, else its
     newest checkpoint; a damaged file is skipped) to OUTPUT without optimizer state, for sampling
@@ -748,8 +820,6 @@ def export(source, output):
     from keras_ddpm.checkpoints import load_first_good
     from keras_ddpm.checkpoints import write_atomically
 
-    if not output.endswith(".keras"):
-        raise ValueError(f"The output file must end in .keras. Received: {output}")
     if os.path.isdir(source):
         final = os.path.join(source, "model.keras")
         checkpoints = CheckpointManager(os.path.join(source, "checkpoints")).checkpoints()
@@ -765,8 +835,7 @@ def export(source, output):
         source = loaded
     else:
         model = load_model_file(source)
-    optimizer = getattr(model, "optimizer", None)
-    step = int(optimizer.iterations) if optimizer is not None else None
+    step = model.trained_steps  # the optimizer's, or the count an exported file recorded
     write_atomically(model.for_inference(), output)
     trained = f" (trained {step} steps)" if step is not None else ""
     size = os.path.getsize(output) / 2**20
@@ -790,7 +859,7 @@ def export(source, output):
     help="The size the model was trained at, for files that do not record it [default: the "
     "file's; DDIM's and TensorFlow checkpoints: attention at 16x16; seed 000: NxN in its name].",
 )
-@user_errors
+@user_errors(check=preflight.check_convert)
 def convert(source, output, weights, image_size):
     """Convert a published checkpoint to a .keras model: a diffusers UNet2DModel folder or Hub id
     (google/ddpm-cifar10-32), DDIM's ckpt.pth or a DDIM-code state dict, the DDPM authors'
@@ -798,8 +867,6 @@ def convert(source, output, weights, image_size):
     from keras_ddpm.checkpoints import write_atomically
     from keras_ddpm.convert import convert as convert_checkpoint
 
-    if not output.endswith(".keras"):
-        raise ValueError(f"The output file must end in .keras. Received: {output}")
     start = time.perf_counter()
     model = convert_checkpoint(source, weights, image_size)
     write_atomically(model, output)
@@ -937,12 +1004,15 @@ def convert(source, output, weights, image_size):
     show_default=True,
 )
 @click.option("--output", default="eval.json", show_default=True, help="JSON file for the results.")
-@user_errors
+@user_errors(check=preflight.check_eval)
 def evaluate(output, **options):
     """FID and KID of a model's samples (or a folder of images) against real images."""
     from keras_ddpm import evaluation
 
-    config = EvalConfig(**options)
+    config = EvalConfig(**preflight.eval_config_options(options))
+    if config.model_path:  # the model's own rows (guidance) once it loads: not checked here
+        sampler = config.sampler or sampling_options.default_sampler(SAMPLING.mode)
+        warn_ignored({"sampler": sampler}, given_options(sampling_options.CHAIN_OPTIONS))
     record = evaluation.evaluate(config, echo=click.echo)
     generated, real = record["num_generated"], record["num_real"]
     counts = f"{generated} generated vs {'?' if real is None else real} real images"

@@ -24,15 +24,18 @@ class DiffusionModel(keras.Model):
         config: a `keras_ddpm.config.Preset` (or its dict form): the UNet, the
             diffusion process and the training hyper-parameters (EMA decay among them).
         seed: seed of the generator that draws training timesteps, noise and label dropout.
+        trained_steps: the optimizer steps the weights were trained for, recorded in files saved
+            without an optimizer (`for_inference`); see the `trained_steps` property.
 
     `model.network` is the trained UNet; `model.ema_network` holds the exponential moving
     average of its weights, updated after every optimizer step and used by `generate`.
     """
 
-    def __init__(self, config, seed=None, kernel_initializer=None, **kwargs):
+    def __init__(self, config, seed=None, kernel_initializer=None, trained_steps=None, **kwargs):
         super().__init__(**kwargs)
         self.config = config if isinstance(config, Preset) else preset_from_dict(config)
         self.seed = seed
+        self._recorded_steps = trained_steps
         self.schedule = NoiseSchedule.from_config(self.config.diffusion)
         # kernel_initializer (not saved): "zeros" where every weight is set next (an imported
         # checkpoint's), skipping the random draws; see `build_unet`.
@@ -54,13 +57,29 @@ class DiffusionModel(keras.Model):
     def for_inference(self):
         """An uncompiled copy with the same trained and EMA weights and no optimizer state: what
         ships (about half a checkpoint's size: Adam's two moments are left out)."""
-        copy = type(self)(self.config, seed=self.seed)
+        copy = type(self)(self.config, seed=self.seed, trained_steps=self.trained_steps)
         copy.network.set_weights(self.network.get_weights())
         copy.ema_network.set_weights(self.ema_network.get_weights())
         return copy
 
     def get_config(self):
-        return {**super().get_config(), "config": self.config.to_dict(), "seed": self.seed}
+        return {
+            **super().get_config(),
+            "config": self.config.to_dict(),
+            "seed": self.seed,
+            "trained_steps": self.trained_steps,
+        }
+
+    @property
+    def trained_steps(self):
+        """The optimizer steps the weights have taken: the optimizer's count once compiled (a
+        checkpoint's), else the count the file recorded (an exported model's), or None when
+        unknown (a file exported before the count was recorded). `config.train.train_steps` is
+        the run's plan, not this."""
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is not None:  # (a MirroredVariable under tf.distribute: no int())
+            return int(ops.convert_to_numpy(optimizer.iterations))
+        return self._recorded_steps
 
     @property
     def num_classes(self):

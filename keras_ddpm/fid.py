@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 
+import h5py
 import keras
 import numpy as np
 from PIL import Image
@@ -245,6 +246,8 @@ def inception_v3(weights="imagenet", batch_size=50, resize="clean"):
                 f"No Inception weights file at {weights}; download {INCEPTION_WEIGHTS_URL} and "
                 "pass its path with --inception-weights."
             )
+        if not h5py.is_hdf5(weights):  # before building the 23M-parameter network
+            raise ValueError(f"Could not load Inception weights from {weights} (not an HDF5 file).")
     try:
         model = keras.applications.InceptionV3(
             include_top=False,

@@ -27,8 +27,14 @@ from keras_ddpm.sampling_options import CROP_CHOICES
 # --mixed-precision: Keras' dtype policy of each (`training.set_mixed_precision`).
 MIXED_PRECISION_POLICIES = {"no": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 MIXED_PRECISIONS = tuple(MIXED_PRECISION_POLICIES)
-# --distribute: the backend each needs, None for any (`backend.distribution_scope`).
-DISTRIBUTION_BACKENDS = {"none": None, "mirrored": "tensorflow", "data_parallel": "jax"}
+# --distribute: the backend each needs, None for any (`backend.distribution_scope`); multi_worker
+# runs on every backend, each with its own engine (docs/multi_worker.md).
+DISTRIBUTION_BACKENDS = {
+    "none": None,
+    "mirrored": "tensorflow",
+    "data_parallel": "jax",
+    "multi_worker": None,
+}
 DISTRIBUTIONS = tuple(DISTRIBUTION_BACKENDS)
 CONFIG_NAME = "config.json"  # the run's options and model configuration, in OUT
 

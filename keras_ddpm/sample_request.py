@@ -22,6 +22,7 @@ from keras_ddpm import sampling_modes as modes
 from keras_ddpm.data.image_files import MAX_PIXELS
 from keras_ddpm.images import make_grid
 from keras_ddpm.images import parse_box
+from keras_ddpm.sampling_options import CLASS_GRID_MODES
 from keras_ddpm.sampling_options import COMMON_OPTIONS
 from keras_ddpm.sampling_options import DEFAULT_FRAMES
 from keras_ddpm.sampling_options import INTERPOLATION_SPACES
@@ -35,6 +36,7 @@ from keras_ddpm.sampling_options import REAL_IMAGE_MODES
 from keras_ddpm.sampling_options import SAMPLERS
 from keras_ddpm.sampling_options import VARIANCES
 from keras_ddpm.sampling_options import SamplingOptions
+from keras_ddpm.sampling_options import class_grid_size
 from keras_ddpm.sampling_options import default_sampler
 from keras_ddpm.sampling_options import default_skip
 from keras_ddpm.sampling_options import default_steps
@@ -46,7 +48,9 @@ class SampleRequest(SamplingOptions):
     sampler's default; `resolve(model)` fills those in and checks every value against the model.
 
     `variance` and `clip_denoised` default to the model's (`DiffusionConfig`): fixed-small and
-    clipping for models trained here, their authors' settings for imported checkpoints.
+    clipping for models trained here, their authors' settings for imported checkpoints. A
+    class-conditional grid without a class label draws whole rows, a column per class
+    (`sampling_options.class_grid_size`: 16 images of 10 classes become 10).
     """
 
     def resolve(self, model, max_images=MAX_IMAGES, max_evaluations=MAX_EVALUATIONS):
@@ -109,6 +113,9 @@ class SampleRequest(SamplingOptions):
             raise ValueError(
                 f"variance must be one of {', '.join(VARIANCES)}. Received: variance={variance!r}"
             )
+        batch_size = self.batch_size
+        if self.mode in CLASS_GRID_MODES and self.class_label is None:
+            batch_size = class_grid_size(batch_size, model.num_classes)
         clip = (
             model.config.diffusion.clip_denoised
             if self.clip_denoised is None
@@ -118,6 +125,7 @@ class SampleRequest(SamplingOptions):
             self,
             sampler=sampler,
             steps=steps,
+            batch_size=batch_size,
             n_frames=n_frames,
             coarse_timesteps=coarse,
             variance=variance,

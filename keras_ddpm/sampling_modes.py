@@ -57,10 +57,11 @@ def load_real_images(dataset, indices, image_size, image_channels, data_dir=None
 
 def class_grid_labels(model, num_images, class_label=None):
     """Labels and grid width for `normal`: one label for all, or (conditional, no label) class i % K
-    in column i % K, so each column of the grid is one class."""
+    in column i % K, so each column of the grid is one class (one row of classes 0..N-1 for
+    N < K images; `SampleRequest.resolve` makes N a multiple of K otherwise)."""
     if not model.num_classes or class_label is not None:
         return class_label, None
-    return np.arange(num_images) % model.num_classes, model.num_classes
+    return np.arange(num_images) % model.num_classes, min(num_images, model.num_classes)
 
 
 def normal(model, num_images, seed=0, **generate_kwargs):

@@ -39,6 +39,7 @@ DEFAULT_STEPS = {"ddim": 50, "ddpm": 50, "dpm_solver": 20}  # default steps of e
 DEFAULT_SKIPS = {"ddim": "uniform", "ddpm": "linspace", "dpm_solver": "logsnr"}
 
 MAX_SEED = 2**31 - 1
+MAX_ETA = 1.0  # DDIM's eta above 1 adds more noise than DDPM; the CLI asks for --allow-eta-above-1
 MAX_IMAGES = 1024  # images of one request (the CLI's largest --batch-size)
 MAX_COARSE_TIMESTEPS = 64  # coarse_to_fine rows (DDPM Figure 9 has 6)
 # The network evaluations one request may cost by default (`SampleRequest.resolve`): a guard
@@ -61,6 +62,25 @@ COMMON_OPTIONS = (
     "batch_size",
     "padding",
 )
+# The modes whose grid has, for a class-conditional model without a class label, one column per
+# class (`class_grid_size`); sequence has a row per image instead.
+CLASS_GRID_MODES = ("normal", "denoising_process")
+
+# The options a sampler or model ignores: (option, the setting that decides, the values of that
+# setting under which the option has no effect, why: "{value}" is the setting's value).
+# `ignored_options` reads it; the CLI warns.
+IGNORED_OPTIONS = (
+    ("eta", "sampler", ("ddpm", "dpm_solver"), "only the ddim sampler has an eta, not {value}"),
+    (
+        "variance",
+        "sampler",
+        ("ddim", "dpm_solver"),
+        "only the ddpm sampler draws with a variance, not {value}",
+    ),
+    ("guidance", "conditional", (False,), "the model is unconditional"),
+    ("class_label", "conditional", (False,), "the model is unconditional"),
+)
+
 MODE_OPTIONS = {  # the options each mode reads besides the common ones (the CLI's, "_" for "-")
     "normal": (),
     "denoising_process": ("n_frames", "frame_ms", "hold_ms"),
@@ -137,6 +157,29 @@ def default_steps(sampler):
 def default_skip(sampler):
     """The timestep spacing of `sampler` when none is given."""
     return DEFAULT_SKIPS.get(sampler, DEFAULT_SKIPS["ddim"])
+
+
+def class_grid_size(batch_size, num_classes):
+    """The images a class-conditional grid draws for `batch_size` (modes `CLASS_GRID_MODES`, no
+    class label): one column per class and batch_size // num_classes full rows, or, for fewer
+    images than classes, one row of the first batch_size classes. No slot of the grid is empty."""
+    if not num_classes or batch_size < num_classes:
+        return batch_size
+    return batch_size - batch_size % num_classes
+
+
+def ignored_options(settings, given, conditional=None):
+    """[(option, why)] for each option in `given` (the names a user set) that has no effect
+    under `settings` (a mapping of option names to values: the sampler after its default is
+    applied, ...), by `IGNORED_OPTIONS`; `conditional` is whether the model takes class labels
+    (None: not known yet, so the model's rows are not checked)."""
+    facts = {**settings, "conditional": conditional}
+    ignored = {}
+    for option, setting, values, why in IGNORED_OPTIONS:
+        value = facts.get(setting)
+        if option in given and option not in ignored and value is not None and value in values:
+            ignored[option] = why.format(value=value)
+    return list(ignored.items())
 
 
 def parse_coarse_timesteps(text):

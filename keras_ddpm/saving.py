@@ -41,6 +41,25 @@ def default_model_path():
     )
 
 
+def check_model_path(path):
+    """Raises one sentence, before Keras loads, for a `--model` that cannot name a model: a
+    missing .keras file, or a folder of .keras files (which it names). Other paths (a diffusers
+    folder, a Hub id, another checkpoint format) are left to `load_model_file`."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        inside = shipped_models(path)
+        if inside:
+            names = ", ".join(os.path.join(path, os.path.basename(f)) for f in inside)
+            raise ValueError(
+                f"{path} is a folder; pass one of the .keras files in it with --model: {names}."
+            )
+    elif path.endswith(".keras") and not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"No model file at {path}; train one with `python cli.py train --out DIR` and pass "
+            "DIR/model.keras."
+        )
+
+
 def model_file(path):
     """The `.keras` file that `path` names: `path` itself, or, for a published checkpoint
     (a diffusers folder or Hugging Face Hub id, or another format `keras_ddpm.convert` reads),
@@ -58,6 +77,7 @@ def load_model_file(path):
     (`model_file`) loads as its converted model."""
     from keras_ddpm.diffusion_model import load_model
 
+    check_model_path(path)
     path = model_file(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(

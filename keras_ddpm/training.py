@@ -14,6 +14,7 @@ and TensorBoard under OUT/logs), `SampleGrid` (OUT/samples) and a progress bar; 
 `model.optimizer.iterations`, so a model loaded from a checkpoint trains on to the same total.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -31,6 +32,7 @@ from keras_ddpm.callbacks import MetricsWriter
 from keras_ddpm.callbacks import NonFiniteLossError
 from keras_ddpm.callbacks import SampleGrid
 from keras_ddpm.callbacks import StepCallback
+from keras_ddpm.callbacks import optimizer_step
 from keras_ddpm.checkpoints import Checkpoint
 from keras_ddpm.checkpoints import CheckpointManager
 from keras_ddpm.checkpoints import RunLock
@@ -186,8 +188,9 @@ def fit(model, dataset, config, callbacks=(), writer=None, run_lock=None):
     `batch_size` (for images/s; None: not shown) and `verbose` are read. Writes
     OUT/checkpoints/ckpt-<step>.keras every `checkpoint_every` steps (the newest
     `keep_checkpoints`) and at the end, including after a Ctrl-C; OUT/metrics.csv and
-    TensorBoard scalars under OUT/logs every `log_every` steps; an EMA sample grid under
-    OUT/samples every `sample_every` steps (0: never). A NaN/inf loss raises
+    TensorBoard scalars under OUT/logs every `log_every` steps (loss: the mean of those steps;
+    the progress bar's is the mean since this session's first step); an EMA sample grid under
+    OUT/samples every `sample_every` steps and of the last step (0: never). A NaN/inf loss raises
     `NonFiniteLossError` naming the last good checkpoint. `callbacks` run before these (so an
     FID measured at a checkpoint step is in the row that step writes); pass `writer` to
     share the metrics table with them. OUT is locked meanwhile (`RunLock`; another trainer
@@ -196,7 +199,7 @@ def fit(model, dataset, config, callbacks=(), writer=None, run_lock=None):
     total_steps = config.steps or model.config.train.train_steps
     out_dir = config.out_dir
     with run_lock or RunLock(out_dir):
-        start = int(model.optimizer.iterations)
+        start = optimizer_step(model.optimizer)
         manager = CheckpointManager(
             os.path.join(out_dir, "checkpoints"), keep=config.keep_checkpoints
         )
@@ -273,6 +276,8 @@ def run(config, explicit=None, echo=None):
     loads; damaged ones are skipped and reported. OUT is locked (`RunLock`) until model.keras
     is written; OUT/config.json records the options, the backend and the model's configuration.
     With `fid_every`, FID and KID are measured during training (`callbacks.FIDCallback`).
+    A run shorter than its learning-rate warm-up or a few EMA horizons gets one `warning:` line
+    (`TrainConfig.short_run_warning`) before anything is built.
 
     `echo(message, err=False)` reports progress (default: print). Returns a `RunResult`.
     Raises `RunInUseError` when another trainer holds OUT, `NonFiniteLossError` when the loss
@@ -281,13 +286,27 @@ def run(config, explicit=None, echo=None):
     echo = echo or _echo
     config = config.with_saved_options(explicit)
     out_dir = config.out_dir
-    set_mixed_precision(config.mixed_precision)
+    # Several processes: joined first (TensorFlow's strategy must exist before any TensorFlow
+    # computation); only the chief writes into OUT.
+    multi_worker = config.distribute == backend.MULTI_WORKER
+    worker = backend.launched_worker() if multi_worker else backend.Worker()
     preset = config.preset_config()
     batch_size, total = preset.train.batch_size, preset.train.train_steps
+    short_run = preset.train.short_run_warning()
+    if short_run:
+        echo(f"warning: {short_run}", err=True)
+    if batch_size % worker.count:  # before joining, where the others would wait for this one
+        raise ValueError(
+            f"The batch size {batch_size} does not split evenly across {worker.count} processes."
+        )
+    if multi_worker:
+        backend.start_workers()
+    set_mixed_precision(config.mixed_precision)
     replicas = num_replicas(config.distribute)
     if batch_size % replicas:
         raise ValueError(
-            f"The batch size {batch_size} does not split evenly across {replicas} devices."
+            f"The batch size {batch_size} does not split evenly across {replicas} devices"
+            + (f" of {worker.count} processes." if multi_worker else ".")
         )
     accumulated = preset.train.grad_accum
     if (batch_size // replicas) % accumulated:
@@ -302,7 +321,8 @@ def run(config, explicit=None, echo=None):
             "per call."
         )
     manager = CheckpointManager(os.path.join(out_dir, "checkpoints"), keep=config.keep_checkpoints)
-    with RunLock(out_dir) as run_lock:  # until model.keras is written
+    run_lock = RunLock(out_dir) if worker.is_chief else contextlib.nullcontext()
+    with run_lock:  # until model.keras is written
         if not config.resume and manager.checkpoints():
             raise ValueError(
                 f"{out_dir} already holds checkpoints: pass --resume to continue that run, or "
@@ -311,8 +331,14 @@ def run(config, explicit=None, echo=None):
         keras.utils.set_random_seed(config.seed)
         with distribution_scope(config.distribute):
             model = _model_to_train(config, preset, manager, echo)
-            start = int(model.optimizer.iterations)
+            start = optimizer_step(model.optimizer)
             dataset = _training_dataset(config, model, batch_size, start)
+            dataset = backend.worker_dataset(dataset, config.distribute)
+            if not worker.is_chief:
+                echo(f"worker {worker.index} of {worker.count}: training from step {start}")
+                with backend.lost_workers_reported():
+                    result = _fit_worker(model, dataset, dataclasses.replace(config, steps=total))
+                return _result(result, total, None, model)
             _write_json(
                 os.path.join(out_dir, CONFIG_NAME),
                 {
@@ -330,15 +356,21 @@ def run(config, explicit=None, echo=None):
             )
             callbacks = _fid_callbacks(config, model, writer, echo) if config.fid_every else []
             devices = f" on {replicas} devices" if replicas > 1 else ""
+            devices += f" of {worker.count} processes" if multi_worker else ""
             echo(
                 f"training {model.config.name} ({model.network.count_params():,} parameters) on "
                 f"{config.dataset} from step {start} to {total}{devices}"
             )
             session = dataclasses.replace(config, steps=total, batch_size=batch_size)
-            result = fit(model, dataset, session, callbacks, writer, run_lock)
+            with backend.lost_workers_reported():
+                result = fit(model, dataset, session, callbacks, writer, run_lock)
         model_path = None
         if not result.interrupted:
             model_path = write_atomically(model, os.path.join(out_dir, "model.keras"))
+    return _result(result, total, model_path, model)
+
+
+def _result(result, total, model_path, model):
     return RunResult(
         step=result.step,
         total_steps=total,
@@ -348,6 +380,20 @@ def run(config, explicit=None, echo=None):
         history=result.history,
         model=model,
     )
+
+
+def _fit_worker(model, dataset, config):
+    """`fit` on a worker that is not the chief: the same steps, nothing written (the chief
+    checkpoints, logs and samples)."""
+    start, total = optimizer_step(model.optimizer), config.steps
+    history = None
+    if start < total:
+        with GracefulInterrupt(model):
+            history = model.fit(
+                dataset, epochs=1, steps_per_epoch=total - start, shuffle=False, verbose=0
+            )
+    step = optimizer_step(model.optimizer)
+    return TrainResult(step, step < total, history, None)
 
 
 def _echo(message, err=False):

@@ -13,6 +13,14 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
+# The tests' networks are tiny, so compiling their programs costs far more than running them:
+# XLA's CPU code generation without LLVM's optimisation passes compiles the same programs faster
+# (JAX's, and TensorFlow's XLA sampling loops; child processes inherit it).
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+    ).strip()
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -65,15 +73,28 @@ def run_python(code, backend, timeout=300):
     return result.stdout
 
 
+ONCE_LANE = "torch"  # where `./run_tests.sh` runs a test marked `once` without a `lane`
+
+
 def pytest_collection_modifyitems(config, items):
-    """With KERAS_DDPM_ONCE=0, leaves out the tests marked `once` (./run_tests.sh runs them in one
-    of its three backend lanes only: their result does not depend on KERAS_BACKEND)."""
-    if os.environ.get("KERAS_DDPM_ONCE", "1") != "0":
+    """Tests marked `once` (their result does not depend on KERAS_BACKEND) run in one of
+    ./run_tests.sh's three lanes: KERAS_DDPM_ONCE names the lane's backend, and each such test
+    runs where its `lane` says (`@pytest.mark.once(lane="tensorflow")`; PyTorch's by default;
+    tests that start processes of their own go where they balance the lanes). KERAS_DDPM_ONCE=0
+    leaves them all out, 1 (or unset: a plain `python -m pytest`) runs them all."""
+    lane = os.environ.get("KERAS_DDPM_ONCE", "1")
+    if lane == "1":
         return
-    once = [item for item in items if item.get_closest_marker("once")]
-    if once:
-        config.hook.pytest_deselected(items=once)
-        items[:] = [item for item in items if not item.get_closest_marker("once")]
+    left_out = [
+        item
+        for item in items
+        if item.get_closest_marker("once")
+        and item.get_closest_marker("once").kwargs.get("lane", ONCE_LANE) != lane
+    ]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        skipped = set(left_out)
+        items[:] = [item for item in items if item not in skipped]
 
 
 @pytest.fixture

@@ -414,6 +414,38 @@ def test_a_port_in_use_gives_one_sentence_naming_port(model_path):
     assert exited.value.code == 2
 
 
+def test_help_shows_defaults_and_the_start_prints_one_address_line(capsys):
+    with pytest.raises(SystemExit) as exited:
+        sample_app.parse_args(["--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for default in ("127.0.0.1", "7860", "mnist_5k", "64", "16000", "1", "32"):
+        assert f"(default: {default})" in text
+    assert "--share" in text and "(default: [])" not in text and "(default: None)" not in text
+    assert sample_app.parse_args(["--share"]).share and not sample_app.parse_args([]).share
+    local = "http://127.0.0.1:7860/"
+    assert sample_app._address_line(local) == (
+        f"keras_ddpm app: open {local} in a browser (Ctrl-C stops it; --share makes a public link)"
+    )
+    assert "https://x.gradio.live" in sample_app._address_line(local, "https://x.gradio.live")
+
+
+def test_the_app_prints_one_line_with_its_address(model_path):
+    import contextlib
+    import io
+
+    port, printed = free_port(), io.StringIO()
+    # Not capsys: Gradio's loggers would keep its stream, which closes after the test.
+    with contextlib.redirect_stdout(printed):
+        demo, url = sample_app.main(["--model", model_path, "--port", str(port)], block=False)
+    try:
+        out = printed.getvalue()
+        assert out.splitlines() == [sample_app._address_line(url)], out
+        assert url == f"http://127.0.0.1:{port}/" and "share=True" not in out
+    finally:
+        demo.close()
+
+
 def test_model_load_errors_give_one_sentence(model_path, monkeypatch):
     def refuse(path):
         raise ValueError(

@@ -10,6 +10,7 @@ import os
 import keras
 import numpy as np
 import pytest
+from conftest import compile_for_numbers
 from fid_testing import random_fid_inception
 from fid_testing import tiny_extractor
 from fid_testing import write_images
@@ -17,6 +18,7 @@ from fid_testing import write_images
 from keras_ddpm import DiffusionModel
 from keras_ddpm import fid
 from keras_ddpm.callbacks import FIDCallback
+from keras_ddpm.callbacks import SampleGrid
 from keras_ddpm.evaluation import EvalConfig
 
 
@@ -112,6 +114,20 @@ def test_fid_during_fit_goes_into_history_csv_and_tensorboard(
     )
     # Same weights and seeds: the same FID (fixed sampling seeds, the EMA weights).
     assert every_epoch.evaluate()["fid"] == pytest.approx(fids[-1], rel=1e-5)
+
+
+def test_sample_grids_come_every_n_steps_and_at_the_last_step(tiny_images, tmp_path):
+    model = compile_for_numbers(DiffusionModel.from_preset("tiny", seed=0))
+    grids = SampleGrid(str(tmp_path), every_n_steps=2, num_images=4, steps=2)
+    fit = dict(batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[grids])
+    model.fit(tiny_images[:24], **fit)  # steps 1-3: the grid of step 2, then of the last step
+    assert [os.path.basename(path) for path in grids.paths] == [
+        "step_00000002.png",
+        "step_00000003.png",
+    ]
+    model.fit(tiny_images[:8], **fit)  # step 4 ends the run on a multiple: one grid, not two
+    assert [os.path.basename(path) for path in grids.paths][2:] == ["step_00000004.png"]
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(path) for path in grids.paths]
 
 
 def test_fid_samples_come_from_the_ema_weights(reference):

@@ -126,6 +126,29 @@ def test_info_prints_config_and_parameters(trained_run):
     assert result.exit_code == 0
     conditional = build_unet(get_preset("tiny").replace(num_classes=10).unet).count_params()
     assert f"parameters: {conditional}" in result.output
+    # The optimizer's count, beside the preset's plan (here the run's --steps 3 too).
+    assert "trained_steps: 3 (planned: train.train_steps 3)" in result.output.splitlines()
+
+
+def test_class_grids_fill_their_rows_and_land_in_samples(trained_run, tmp_path, monkeypatch):
+    out, _ = trained_run
+    monkeypatch.chdir(tmp_path)
+    args = ["sample", "--model", str(out / "model.keras"), "--steps", "2", "--padding", "1"]
+    result = CliRunner().invoke(
+        cli, [*args, "--batch-size", "16", "--sampler", "ddpm", "--eta", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        result.stderr == "warning: --eta is ignored: only the ddim sampler has an eta, not ddpm.\n"
+    )
+    assert "wrote 10 normal tiles to samples/samples.png" in result.stdout
+    # 16 images of 10 classes: one full row of 10 16x16 tiles, a column per class.
+    grid = np.array(Image.open(tmp_path / "samples" / "samples.png"))
+    assert grid.shape == (17 + 1, 10 * 17 + 1)
+    result = CliRunner().invoke(cli, [*args, "--batch-size", "6", "--save-path", "six.png"])
+    assert result.exit_code == 0 and result.stderr == "", result.output
+    assert np.array(Image.open(tmp_path / "six.png")).shape == (17 + 1, 6 * 17 + 1)
+    assert sorted(os.listdir(tmp_path)) == ["samples", "six.png"]
 
 
 @pytest.mark.parametrize(
@@ -229,6 +252,7 @@ def test_export_drops_the_optimizer_and_keeps_both_networks(trained_run, tmp_pat
         assert saved >= 2 * 4 * source.network.count_params()  # Adam's two float32 moments left out
         model = load_model(str(exported))
         assert getattr(model, "optimizer", None) is None and model.config == source.config
+        assert model.trained_steps == source.trained_steps == 3  # recorded in the file
         for ours, theirs in (
             (model.network, source.network),
             (model.ema_network, source.ema_network),

@@ -118,6 +118,32 @@ def test_os_errors_are_one_sentence_and_unexpected_ones_one_line_unless_verbose(
     assert verbose.exit_code == 1 and isinstance(verbose.exception, RuntimeError)
 
 
+def test_options_the_model_ignores_are_named_and_a_bad_box_stops_before_sampling(
+    model_file, tmp_path, monkeypatch
+):
+    from keras_ddpm import sample_request
+
+    monkeypatch.chdir(tmp_path)
+    args = ["sample", "--model", model_file, "--steps", "2", "--batch-size", "2"]
+    result = invoke(*args, "--guidance", "2", "--class-label", "3", "--variance", "fixed_large")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [  # the tiny preset is unconditional; ddim by default
+        "warning: --variance is ignored: only the ddpm sampler draws with a variance, not ddim.",
+        "warning: --guidance is ignored: the model is unconditional.",
+        "warning: --class-label is ignored: the model is unconditional.",
+    ]
+    assert os.path.isfile(tmp_path / "samples" / "samples.png")
+
+    def sampled(*args, **kwargs):
+        raise AssertionError("sampled before the mask box was checked")
+
+    monkeypatch.setattr(sample_request, "run", sampled)
+    assert_one_error_line(
+        invoke(*args, "--mode", "inpainting", "--mask", "0,0,20,8"),
+        r"^Error: The mask box '0,0,20,8' must lie inside the 16x16 image",
+    )
+
+
 @pytest.mark.skipif(
     keras.backend.backend() != "torch",
     reason="the boundary is backend-neutral; one backend trains (the quickest)",

@@ -27,6 +27,7 @@ PARAMETERS = {
     "ddpm_256": 113_673_219,
     "tiny+10 classes": 177_553,
     "mnist+10 classes": 1_114_209,
+    "mnist_quick+10 classes": 268_017,  # `train --preset mnist_quick --class-cond`'s count
 }
 
 

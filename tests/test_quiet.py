@@ -19,7 +19,7 @@ def stderr_of(*argv):
     return result.stderr
 
 
-@pytest.mark.once
+@pytest.mark.once(lane="tensorflow")  # its commands run on TensorFlow whatever the lane
 @pytest.mark.slow
 def test_commands_on_tensorflow_print_no_start_up_logs():
     # Without the quiet import TensorFlow writes its oneDNN and CUDA lines (the control)...

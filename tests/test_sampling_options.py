@@ -62,6 +62,39 @@ def test_the_tables_name_every_mode_and_sampler_and_nothing_else():
     assert names <= fields
 
 
+def test_ignored_options_come_from_the_table():
+    ignored = options.ignored_options
+    given = {"eta", "variance", "guidance", "class_label"}
+    assert ignored({"sampler": "ddpm"}, given) == [
+        ("eta", "only the ddim sampler has an eta, not ddpm")
+    ]
+    assert ignored({"sampler": "ddim"}, given, conditional=False) == [
+        ("variance", "only the ddpm sampler draws with a variance, not ddim"),
+        ("guidance", "the model is unconditional"),
+        ("class_label", "the model is unconditional"),
+    ]
+    assert [name for name, _ in ignored({"sampler": "dpm_solver"}, given, True)] == [
+        "eta",
+        "variance",
+    ]
+    assert ignored({"sampler": "ddpm"}, {"variance", "guidance"}, conditional=True) == []
+    assert ignored({"sampler": "ddpm"}, set(), conditional=False) == []  # only what was given
+    for option, setting, values, _ in options.IGNORED_OPTIONS:
+        assert option in options.COMMON_OPTIONS and option in given
+        assert setting == "conditional" or set(values) < set(options.SAMPLERS)
+
+
+@pytest.mark.parametrize(
+    "batch_size, classes, drawn",
+    [(16, 10, 10), (20, 10, 20), (29, 10, 20), (6, 10, 6), (16, 0, 16), (7, 7, 7), (5, 2, 4)],
+)
+def test_class_grids_fill_their_rows(batch_size, classes, drawn):
+    assert options.class_grid_size(batch_size, classes) == drawn
+    if classes:
+        columns = min(drawn, classes)
+        assert drawn % columns == 0  # whole rows: no empty slot
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [

@@ -61,7 +61,7 @@ print(json.dumps({{
 """
 
 
-@pytest.mark.once
+@pytest.mark.once(lane="tensorflow")  # saved on the lane's backend, loaded on the other two
 @pytest.mark.slow
 def test_a_model_saved_on_one_backend_loads_on_the_others(tmp_path):
     model = randomize_weights(DiffusionModel.from_preset("tiny", num_classes=3, seed=0), seed=2)

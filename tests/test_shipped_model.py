@@ -23,6 +23,7 @@ def test_it_is_the_class_conditional_mnist_preset_with_its_record(model):
     assert model.config.diffusion.class_dropout > 0  # trained for classifier-free guidance
     assert model.image_shape == (32, 32, 1)
     assert getattr(model, "optimizer", None) is None  # weights only: it ships small
+    assert model.trained_steps == 20_000 and model.config.train.train_steps == 4000  # the plan
     assert os.path.getsize(MNIST) < 20 * 2**20
     record = open(os.path.join(SAVED_MODELS, "mnist.txt")).read()
     assert "python cli.py train" in record and "mnist_5k" in record

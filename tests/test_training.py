@@ -202,7 +202,8 @@ def test_ctrl_c_stops_after_the_step_and_saves_a_checkpoint(tmp_path, tiny_image
             out_dir=str(tmp_path),
             checkpoint_every=10,
             log_every=2,
-            sample_every=0,
+            sample_every=1000,  # no grid of the last step after a Ctrl-C
+            sample_steps=2,
             batch_size=8,
         )
         result = training.fit(model, tiny_images, config, callbacks=[SignalAt(3)])
@@ -216,6 +217,7 @@ def test_ctrl_c_stops_after_the_step_and_saves_a_checkpoint(tmp_path, tiny_image
         and result.checkpoint.endswith("ckpt-00000003.keras")
     )
     assert os.listdir(tmp_path / "checkpoints") == ["ckpt-00000003.keras"]
+    assert not os.path.exists(tmp_path / "samples")
     output = capsys.readouterr().out
     assert (
         "SIGINT: stopping after this step" in output and "step 3/20" in output and "img/s" in output
@@ -258,7 +260,10 @@ def test_run_trains_saves_and_resumes_what_its_config_describes(tmp_path):
     assert np.isfinite(result.final_loss)
     parameters = result.model.network.count_params()
     started = f"training tiny ({parameters:,} parameters) on mnist_5k from step 0 to 1"
-    assert messages == [(started, False)]
+    # 1 step against the tiny preset's EMA horizon of 1 / (1 - 0.9) = 10: warned, on stderr, first
+    short = "warning: --steps 1 is shorter than 3 EMA horizons (3 x 10 steps at --ema-decay 0.9)"
+    assert len(messages) == 2 and messages[0][0].startswith(short) and messages[0][1]
+    assert messages[1] == (started, False)
     with open(os.path.join(out, "config.json")) as f:
         saved = json.load(f)
     assert saved["options"] == config.options() and saved["config"]["train"]["train_steps"] == 1
@@ -269,7 +274,7 @@ def test_run_trains_saves_and_resumes_what_its_config_describes(tmp_path):
     messages.clear()
     resumed = training.run(RunConfig(out_dir=out, resume=True, steps=2), echo=echo)
     checkpoint = os.path.join(out, "checkpoints", "ckpt-00000001.keras")
-    assert messages[0] == (f"resuming from {checkpoint} (step 1)", False)
+    assert messages[1] == (f"resuming from {checkpoint} (step 1)", False)
     assert resumed.step == 2 and int(resumed.model.optimizer.iterations) == 2
     assert resumed.model.config.train.batch_size == 4
     with open(os.path.join(out, "config.json")) as f:

@@ -10,7 +10,9 @@ a name, the backend-neutral behaviour written here applies: Keras' own layers, o
 flags. Private Keras and PyTorch API is reached only through `internals`, which checks versions.
 """
 
+import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import importlib
 import os
@@ -156,17 +158,147 @@ def _distribution_backend(distribute):
 
 
 def num_replicas(distribute):
-    """How many devices `distribution_scope(distribute)` splits each batch across."""
+    """How many devices `distribution_scope(distribute)` splits each batch across (for
+    "multi_worker", those of all processes: call `start_workers` first)."""
+    if distribute == MULTI_WORKER:
+        return _framework().multi_worker_replicas()
     return _framework().num_replicas() if _distribution_backend(distribute) else 1
 
 
 def distribution_scope(distribute="none"):
     """A context to build, compile and fit in that splits every global batch across the local
     devices: "mirrored" (`tf.distribute.MirroredStrategy`, TensorFlow: all GPUs, or all logical
-    CPUs), "data_parallel" (`keras.distribution.DataParallel`, JAX), or "none"."""
+    CPUs), "data_parallel" (`keras.distribution.DataParallel`, JAX), or "none"; or across the
+    devices of all processes: "multi_worker" (after `start_workers`)."""
+    if distribute == MULTI_WORKER:
+        return _framework().multi_worker_scope()
     if _distribution_backend(distribute):
         return _framework().distribution_scope()
     return contextlib.nullcontext()
+
+
+# Several processes (--distribute multi_worker, docs/multi_worker.md).
+
+MULTI_WORKER = "multi_worker"
+# Seconds a worker waits for the others (to join, and in each step's collective) before it stops
+# with an error that names the worker it lost.
+WORKER_TIMEOUT_VARIABLE = "KERAS_DDPM_WORKER_TIMEOUT"
+DEFAULT_WORKER_TIMEOUT = 1800  # torch's own default for gloo: a chief's FID pass fits
+
+
+class WorkerLostError(RuntimeError):
+    """Another worker of a multi-worker run stopped answering."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Worker:
+    """This process's place among the processes of a run: `index` of `count`; 0 is the chief,
+    the only one that writes files."""
+
+    index: int = 0
+    count: int = 1
+
+    @property
+    def is_chief(self):
+        return self.index == 0
+
+
+def worker_timeout():
+    """`KERAS_DDPM_WORKER_TIMEOUT` in seconds (default 1800); ValueError when it is not a
+    positive number."""
+    text = os.environ.get(WORKER_TIMEOUT_VARIABLE, str(DEFAULT_WORKER_TIMEOUT))
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise ValueError(
+            f"{WORKER_TIMEOUT_VARIABLE} must be a number of seconds > 0. Received: {text!r}"
+        )
+    return seconds
+
+
+def start_workers():
+    """Joins this process to the other workers of a multi-worker run, as the launcher's
+    environment describes them, and returns its `Worker`.
+
+    TensorFlow: `TF_CONFIG` (`tf.distribute.MultiWorkerMirroredStrategy`). JAX:
+    `KERAS_DISTRIBUTION_JOB_ADDRESSES`, `_NUM_PROCESSES` and `_PROCESS_ID`
+    (`keras.distribution.initialize`). PyTorch: torchrun's `RANK`, `WORLD_SIZE`, `MASTER_ADDR` and
+    `MASTER_PORT` (`torch.distributed`, gloo on CPU, nccl on GPU). Raises ValueError (one
+    sentence) when they are missing or disagree. Once a process; later calls return the same.
+    """
+    return _framework().start_workers(worker_timeout())
+
+
+@contextlib.contextmanager
+def lost_workers_reported():
+    """Turns the framework's error for a worker that stopped answering (its collective failed or
+    timed out) into `WorkerLostError`, one sentence that names it."""
+    try:
+        yield
+    except Exception as error:
+        describe = _own("lost_worker_message")
+        message = describe(error) if describe and worker().count > 1 else None
+        if message is None:
+            raise
+        raise WorkerLostError(message) from None
+
+
+def lost_worker_sentence(lost, count, timeout, reason):
+    """The sentence of `WorkerLostError`: which of `count` workers were lost (process indices;
+    of two, the other one when the framework named none), and why."""
+    if not lost and count == 2:
+        lost = [1 - worker().index]
+    named = ", ".join(map(str, lost)) if lost else "unknown"
+    waited = f" within {timeout:g} s ({WORKER_TIMEOUT_VARIABLE})" if timeout else ""
+    return (
+        f"Lost worker {named} of {count}: it stopped answering{waited}, so this worker stops "
+        f"too ({reason})."
+    )
+
+
+def launched_worker():
+    """The `Worker` this process is to be, as the launcher's environment (see `start_workers`)
+    describes it, read before joining the others; ValueError (one sentence) when the variables
+    are missing or disagree."""
+    return _framework().launched_worker()
+
+
+def worker():
+    """This process's `Worker`: `Worker(0, 1)` outside a multi-worker run."""
+    own = _own("worker")
+    return own() if own else Worker()
+
+
+def outside_distribution(fn):
+    """`fn()` where a multi-worker strategy does not reach: the chief samples grids and measures
+    FID alone, and a collective there (TensorFlow broadcasts every new variable, JAX compiles
+    for all processes' devices) would wait for workers that never join it. TensorFlow and JAX
+    keep their strategy per thread, so there `fn` runs in a new thread (with this thread's
+    dtype policy); elsewhere, and outside multi-worker runs, it runs here."""
+    if worker().count == 1 or not _own("strategy_per_thread"):
+        return fn()
+    policy = keras.config.dtype_policy()
+
+    def in_thread():
+        keras.config.set_dtype_policy(policy)
+        return fn()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(in_thread).result()
+
+
+def worker_dataset(dataset, distribute="none"):
+    """The part of `dataset` (batches of the global batch size) that this process trains on.
+
+    Under "multi_worker", process i of n keeps examples [i B/n, (i + 1) B/n) of every global
+    batch, so the n processes together train on exactly the batches of one process. PyTorch
+    cuts them here; TensorFlow's strategy and JAX's `DataParallel` cut `fit`'s dataset the same
+    way themselves.
+    """
+    own = _own("worker_dataset")
+    return own(dataset) if own and distribute == MULTI_WORKER else dataset
 
 
 # Training and inference.

@@ -131,6 +131,17 @@ def distribute_strategy(model):
     return None
 
 
+def detach_from_strategy(model):
+    """Makes Keras treat `model` as created outside any `tf.distribute` strategy: `fit` then
+    runs under the strategy whose scope is open, and builds what it lacks when it traces its step
+    rather than from a batch of a throwaway iterator. Returns False, changing nothing, where this
+    Keras is untested."""
+    if not (keras_tested() and hasattr(model, "_distribute_strategy")):
+        return False
+    model._distribute_strategy = None
+    return True
+
+
 def set_torch_value(variable, tensor):
     """Makes torch `tensor` the storage of Keras `variable` (same shape and dtype; the caller
     chooses its memory layout, which `variable.assign` would not keep). Returns False, changing

@@ -2,7 +2,9 @@
 inference and sampling loops, `keras.distribution.DataParallel`, and XLA's CPU flags."""
 
 import functools
+import math
 import os
+import re
 
 import jax
 import keras
@@ -32,6 +34,104 @@ def distribution_scope():
     """`keras.distribution.DataParallel` over all local devices: XLA compiles one program for the
     global batch and splits it (the training step needs nothing else)."""
     return keras.distribution.DataParallel(devices=keras.distribution.list_devices()).scope()
+
+
+# Several processes: `keras.distribution.initialize` and `DataParallel` over all their devices.
+
+JOB_VARIABLES = (
+    "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+    "KERAS_DISTRIBUTION_NUM_PROCESSES",
+    "KERAS_DISTRIBUTION_PROCESS_ID",
+)
+
+
+def start_workers(timeout):
+    """`jax.distributed.initialize` as `keras.distribution.initialize()` calls it from the
+    `KERAS_DISTRIBUTION_*` variables (JAX's coordinator at the first address), with `timeout` as
+    its heartbeat and shutdown timeouts; this process's `Worker`. Cross-process collectives on a
+    CPU go through gloo (JAX's default).
+
+    Keras passes neither timeout: JAX's defaults (100 s, 300 s) kept a worker whose peer was
+    killed waiting at exit, in the shutdown barrier, for minutes after it had reported the loss.
+    """
+    if jax.distributed.is_initialized():
+        return worker()
+    launched = launched_worker()
+    seconds = max(1, math.ceil(timeout))
+    jax.distributed.initialize(
+        coordinator_address=os.environ[JOB_VARIABLES[0]].split(",")[0],
+        num_processes=launched.count,
+        process_id=launched.index,
+        heartbeat_timeout_seconds=seconds,
+        shutdown_timeout_seconds=seconds,
+    )
+    return launched
+
+
+def launched_worker():
+    """This process's `Worker` from the `KERAS_DISTRIBUTION_*` variables."""
+    from keras_ddpm.backend import Worker
+
+    missing = [name for name in JOB_VARIABLES if not os.environ.get(name)]
+    if missing:
+        raise ValueError(
+            f"--distribute multi_worker on JAX needs {', '.join(JOB_VARIABLES)} "
+            f"(docs/multi_worker.md); {', '.join(missing)} is not set."
+        )
+    addresses, count, index = (os.environ[name] for name in JOB_VARIABLES)
+    try:
+        count, index = int(count), int(index)
+    except ValueError:
+        raise ValueError(
+            f"KERAS_DISTRIBUTION_NUM_PROCESSES and _PROCESS_ID must be integers. Received: "
+            f"{count!r}, {index!r}"
+        ) from None
+    listed = len(addresses.split(","))
+    if not 0 <= index < count or listed not in (1, count):
+        raise ValueError(
+            f"KERAS_DISTRIBUTION_PROCESS_ID={index} and _NUM_PROCESSES={count} do not describe "
+            f"a process of this run ({listed} job address(es)); give every process the same "
+            "count and its own id from 0."
+        )
+    return Worker(index, count)
+
+
+def lost_worker_message(error):
+    """The sentence for a cross-process collective that failed (gloo's broken connection, the
+    coordination service's missed heartbeats), or None."""
+    text = str(error)
+    signs = ("Gloo", "gloo", "peer", "heartbeat", "UNAVAILABLE", "DEADLINE_EXCEEDED")
+    if not isinstance(error, jax.errors.JaxRuntimeError) or not any(s in text for s in signs):
+        return None
+    from keras_ddpm.backend import lost_worker_sentence
+
+    tasks = {int(task) for task in re.findall(r"/task:(\d+)", text)}
+    lost = sorted(tasks - {jax.process_index()})
+    reason = text.strip().splitlines()[0][:200]
+    return lost_worker_sentence(lost, jax.process_count(), 0, reason)
+
+
+def worker():
+    from keras_ddpm.backend import Worker
+
+    if not jax.distributed.is_initialized():
+        return Worker()
+    return Worker(jax.process_index(), jax.process_count())
+
+
+def strategy_per_thread():
+    """The distribution (Keras' global state) is thread-local: `outside_distribution`."""
+    return True
+
+
+def multi_worker_replicas():
+    return len(keras.distribution.list_devices())
+
+
+def multi_worker_scope():
+    """`DataParallel` over the devices of all processes: Keras gives each process its slice of
+    every global batch (`DataParallel.distribute_dataset`), XLA all-reduces the gradients."""
+    return distribution_scope()
 
 
 def train_step(model, state, data):
@@ -108,7 +208,15 @@ def compile_inference(fn, variables, jit_compile=False):
             return fn(*args)
 
     compiled = jax.jit(pure)
-    return lambda *args: compiled([v.value for v in variables], *args)
+    return lambda *args: compiled([_local(v.value) for v in variables], *args)
+
+
+def _local(value):
+    """`value`, or a copy on this process's device where it spans several processes (a
+    multi-worker run's replicated weights): the chief alone samples, outside the collective."""
+    if value.is_fully_addressable:
+        return value
+    return jax.device_put(value.addressable_data(0), jax.local_devices()[0])
 
 
 # Mixed precision.

@@ -2,6 +2,10 @@
 compilation of inference and sampling loops (`tf.function`, XLA), `MirroredStrategy`, and
 tf.data's device."""
 
+import json
+import os
+import re
+
 import tensorflow as tf
 
 from keras_ddpm.backend import internals
@@ -53,12 +57,120 @@ def distribution_scope():
     return tf.distribute.MirroredStrategy(_strategy_devices()).scope()
 
 
+# Several processes: MultiWorkerMirroredStrategy, configured by TF_CONFIG.
+
+_workers = {}  # "strategy", "worker": set once a process by `start_workers`
+
+
+def start_workers(timeout):
+    """`tf.distribute.MultiWorkerMirroredStrategy` of the cluster that `TF_CONFIG` describes
+    (its collectives time out after `timeout` seconds); this process's `Worker`."""
+    if "worker" in _workers:
+        return _workers["worker"]
+    launched = launched_worker()
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
+    _workers["strategy"] = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    chiefs = len(json.loads(os.environ["TF_CONFIG"])["cluster"].get("chief", []))
+    _workers.update(worker=launched, timeout=timeout, chiefs=chiefs)
+    return launched
+
+
+def launched_worker():
+    """This task's `Worker` from TF_CONFIG: its index among all tasks (a chief task first)."""
+    from keras_ddpm.backend import Worker
+
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        raise ValueError(
+            "--distribute multi_worker on TensorFlow needs TF_CONFIG, the cluster and this "
+            "worker's task as JSON (docs/multi_worker.md); it is not set."
+        )
+    try:
+        config = json.loads(text)
+        cluster, task = config["cluster"], config["task"]
+        jobs = [(job, len(cluster.get(job, []))) for job in ("chief", "worker")]
+        kind, index = task["type"], int(task["index"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(
+            'TF_CONFIG must be JSON like {"cluster": {"worker": ["host:port", ...]}, "task": '
+            f'{{"type": "worker", "index": 0}}}}. Received: {text!r}'
+        ) from None
+    sizes = dict(jobs)
+    count = sum(sizes.values())
+    if kind not in sizes or not 0 <= index < sizes[kind]:
+        raise ValueError(
+            f"TF_CONFIG names task {kind}:{index}, but its cluster has {sizes['chief']} chief and "
+            f"{sizes['worker']} worker tasks; give every process the same cluster and its own "
+            "index."
+        )
+    return Worker(index if kind == "chief" else sizes["chief"] + index, count)
+
+
+def lost_worker_message(error):
+    """The sentence for a collective that failed because a task stopped answering (TensorFlow's
+    coordination service names the tasks that stopped sending heartbeats), or None."""
+    if not isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)):
+        return None
+    from keras_ddpm.backend import lost_worker_sentence
+
+    # The tasks the error names (unhealthy ones, the remote target of a failed call), as process
+    # indices (a chief task first), less this one.
+    text = str(error)
+    chiefs = _workers["chiefs"]
+    named = re.findall(r"/job:(chief|worker)/replica:\d+/task:(\d+)", text)
+    tasks = {int(task) + (chiefs if job == "worker" else 0) for job, task in named}
+    lost = sorted(tasks - {_workers["worker"].index})
+    reason = f"{type(error).__name__} in a collective"
+    return lost_worker_sentence(lost, _workers["worker"].count, _workers["timeout"], reason)
+
+
+def worker():
+    from keras_ddpm.backend import Worker
+
+    return _workers.get("worker", Worker())
+
+
+def _strategy():
+    if "strategy" not in _workers:
+        raise RuntimeError("Call backend.start_workers() before a multi_worker scope.")
+    return _workers["strategy"]
+
+
+def strategy_per_thread():
+    """The distribution (Keras' global state) is thread-local: `outside_distribution`."""
+    return True
+
+
+def multi_worker_replicas():
+    return _strategy().num_replicas_in_sync
+
+
+def multi_worker_scope():
+    """The strategy's scope: `fit` splits each global batch across all workers' replicas (its
+    DATA auto-sharding: worker i keeps its slice of each batch) and the step all-reduces."""
+    return _strategy().scope()
+
+
+def worker_dataset(dataset):
+    """`dataset` sharded by DATA, not FILE: each worker keeps its slice of every global batch."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
 def after_compile(model):
     """Builds the optimizer now where no `tf.distribute` strategy holds the model.
 
     Otherwise Keras builds it inside the first traced step; creating variables while tracing
     makes TensorFlow trace the step twice, about twice the time to the first step.
     """
+    if "strategy" in _workers and internals.distribute_strategy(model) is _workers["strategy"]:
+        # A model created under a strategy makes `fit` draw one batch from a throwaway iterator
+        # of its dataset (Keras' symbolic build) before the iterator it trains on; the input
+        # pipeline reshuffles for every new iterator, so the workers would train on its second
+        # order and a one-process run on its first. Built here instead, as without a strategy;
+        # `fit` runs under the scope that is open (`multi_worker_scope`).
+        internals.detach_from_strategy(model)
     if internals.distribute_strategy(model) is None:
         model.optimizer.build(model.trainable_variables)
 
@@ -103,7 +215,12 @@ def train_step(model, data):
         model.optimizer.apply(gradients, variables)
     model.update_ema()
     model.loss_tracker.update_state(loss)
-    return {"loss": model.loss_tracker.result()}
+    result = model.loss_tracker.result()
+    if "strategy" in _workers:
+        # Keras 3 reduces a multi-worker step's logs with `strategy.reduce("MEAN", v, axis=0)`,
+        # which fails on a scalar (tensorflow/tensorflow#72388): a vector of one it averages.
+        result = tf.reshape(result, (1,))
+    return {"loss": result}
 
 
 def _apply_clipped_across_replicas(optimizer, gradients, variables, replicas):

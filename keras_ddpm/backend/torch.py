@@ -3,9 +3,12 @@ kernels, the tensors they touch gathered once in a step plan), eager inference u
 `torch.no_grad()`, layer kernels on NHWC data, seeds and the dtypes this machine can train in.
 """
 
+import datetime
 import functools
 import math
 import operator
+import os
+import time
 
 import keras
 import numpy as np
@@ -40,6 +43,158 @@ def compile_inference(fn, variables, jit_compile=False):
     return no_grad
 
 
+# Several processes: torch.distributed, launched by torchrun (gloo on CPU, nccl on GPU).
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+_workers = {}  # "store", "timeout": set once a process by `start_workers`
+
+
+def start_workers(timeout):
+    """`torch.distributed.init_process_group` from torchrun's variables (collectives time out
+    after `timeout` seconds); this process's `Worker`. On a GPU, this process takes GPU
+    LOCAL_RANK."""
+    if torch.distributed.is_initialized():
+        return worker()
+    launched = launched_worker()
+    rank, count = launched.index, launched.count
+    port = int(os.environ["MASTER_PORT"])
+    wait = datetime.timedelta(seconds=timeout)
+    # The rendezvous store, made here (not by init_method="env://") so that a lost worker can be
+    # named (`_lost_workers`); under torchrun its agent holds it at MASTER_ADDR:MASTER_PORT.
+    hosts = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+    store = torch.distributed.TCPStore(
+        os.environ["MASTER_ADDR"], port, count, is_master=hosts, timeout=wait
+    )
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    kind = "nccl" if torch.cuda.is_available() else "gloo"
+    torch.distributed.init_process_group(
+        kind, store=store, rank=rank, world_size=count, timeout=wait
+    )
+    _workers.update(store=store, timeout=timeout)
+    return worker()
+
+
+def launched_worker():
+    """This process's `Worker` from torchrun's variables."""
+    from keras_ddpm.backend import Worker
+
+    missing = [name for name in TORCHRUN_VARIABLES if not os.environ.get(name)]
+    if missing:
+        raise ValueError(
+            "--distribute multi_worker on PyTorch needs torchrun's RANK, WORLD_SIZE, MASTER_ADDR "
+            f"and MASTER_PORT (launch with torchrun, docs/multi_worker.md); {', '.join(missing)} "
+            "is not set."
+        )
+    rank, count, port = (os.environ[name] for name in ("RANK", "WORLD_SIZE", "MASTER_PORT"))
+    try:
+        rank, count, _ = int(rank), int(count), int(port)
+    except ValueError:
+        raise ValueError(
+            f"RANK, WORLD_SIZE and MASTER_PORT must be integers. Received: {rank!r}, {count!r}, "
+            f"{port!r}"
+        ) from None
+    if not 0 <= rank < count:
+        raise ValueError(
+            f"RANK={rank} and WORLD_SIZE={count} do not describe a process of this run; give "
+            "every process the same WORLD_SIZE and its own RANK from 0."
+        )
+    return Worker(rank, count)
+
+
+def worker():
+    from keras_ddpm.backend import Worker
+
+    if not torch.distributed.is_initialized():
+        return Worker()
+    return Worker(torch.distributed.get_rank(), torch.distributed.get_world_size())
+
+
+def replica_context():
+    """(rank, world size) in a multi-worker run: each process draws for the global batch and
+    keeps its slice (`DiffusionModel.training_draws`)."""
+    current = worker()
+    return current.index, current.count
+
+
+def multi_worker_replicas():
+    return worker().count
+
+
+def multi_worker_scope():
+    """Nothing to enter: the training step all-reduces the gradients itself (`_all_reduce`)."""
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def worker_dataset(dataset):
+    """Slice `rank` of each global batch of a tf.data `dataset` (as Keras' `DataParallel` cuts
+    one for JAX): rebatched into WORLD_SIZE parts, every WORLD_SIZE-th kept."""
+    current = worker()
+    if current.count == 1:
+        return dataset
+    if not hasattr(dataset, "rebatch"):
+        raise ValueError(
+            "--distribute multi_worker on PyTorch shards tf.data pipelines; install TensorFlow "
+            "for the input pipeline."
+        )
+    first = dataset.element_spec[0] if isinstance(dataset.element_spec, tuple) else None
+    global_batch = (first or dataset.element_spec).shape[0]
+    local = dataset.rebatch(global_batch // current.count)
+    return local.shard(current.count, current.index)
+
+
+def _all_reduce_mean(tensors):
+    """Averages `tensors` (gradients and the loss) over all processes in place, in one flat
+    all-reduce; `WorkerLostError` naming the lost workers when one stops answering."""
+    flat = torch.cat([tensor.reshape(-1) for tensor in tensors])
+    try:
+        torch.distributed.all_reduce(flat)
+    except RuntimeError as error:
+        _raise_lost_worker(error)
+    flat /= torch.distributed.get_world_size()
+    start = 0
+    for tensor in tensors:
+        tensor.copy_(flat[start : start + tensor.numel()].view(tensor.shape))
+        start += tensor.numel()
+
+
+def _broadcast_from_chief(tensors):
+    """Gives every process the chief's values (as DistributedDataParallel does at its start)."""
+    try:
+        for tensor in tensors:
+            torch.distributed.broadcast(tensor, 0)
+    except RuntimeError as error:
+        _raise_lost_worker(error)
+
+
+def _raise_lost_worker(error):
+    from keras_ddpm.backend import WorkerLostError
+    from keras_ddpm.backend import lost_worker_sentence
+
+    reason = str(error).strip().splitlines()[0]
+    lost = _lost_workers()
+    message = lost_worker_sentence(lost, worker().count, _workers["timeout"], reason)
+    raise WorkerLostError(message) from None
+
+
+def _lost_workers(wait=3.0):
+    """The ranks that do not check in at the rendezvous store within `wait` seconds (the chief's,
+    0, where the store itself is gone with it)."""
+    store, rank, count = _workers["store"], worker().index, worker().count
+    try:
+        store.set(f"keras_ddpm/alive/{rank}", "1")
+        deadline = time.monotonic() + min(wait, _workers["timeout"])
+        while True:
+            lost = [i for i in range(count) if not store.check([f"keras_ddpm/alive/{i}"])]
+            if not lost or time.monotonic() > deadline:
+                return lost
+            time.sleep(0.1)
+    except (RuntimeError, OSError):  # the store lived in the chief (or torchrun's agent)
+        return [0]
+
+
 # The training step.
 
 
@@ -62,6 +217,10 @@ def train_step(model, data):
     plan = _step_plan(model, variables)
     gradients = [weight.grad for weight in plan.adam.weights]
     with torch.no_grad():
+        if worker().count > 1:  # as DistributedDataParallel does: the mean of all processes'
+            loss = loss.detach().reshape(1)
+            _all_reduce_mean([*gradients, loss])
+            loss = loss[0]
         _apply_gradients(model.optimizer, gradients, variables, plan.adam)
         decay = float(model.ema_decay_at(model.optimizer.iterations))
         # `DiffusionModel.update_ema`, as one multi-tensor kernel.
@@ -77,6 +236,9 @@ def _step_plan(model, variables):
     plan = getattr(model, "_torch_step_plan", None)
     if plan is None or not plan.adam.matches(model.optimizer, variables):
         plan = model._torch_step_plan = _StepPlan(model, variables)
+        if worker().count > 1:
+            with torch.no_grad():
+                _broadcast_from_chief(plan.network_weights + plan.ema_weights)
     return plan
 
 

@@ -19,6 +19,7 @@ from keras_ddpm.data.pipeline import MNIST_5K_TEST_PER_CLASS
 from keras_ddpm.data.pipeline import NO_FLIP_DATASETS
 from keras_ddpm.data.pipeline import SHUFFLE_BUFFER
 from keras_ddpm.data.pipeline import DatasetOptions
+from keras_ddpm.data.pipeline import check_dataset_name
 from keras_ddpm.data.pipeline import default_crop
 from keras_ddpm.data.pipeline import default_horizontal_flip
 from keras_ddpm.data.pipeline import import_tensorflow
@@ -45,6 +46,7 @@ __all__ = [
     "load_arrays",
     "load_mnist_5k",
     "DatasetOptions",
+    "check_dataset_name",
     "make_dataset",
     "num_classes",
     "parse_dataset_name",

@@ -4,13 +4,13 @@ The folder is searched recursively for the files of `image_files.IMAGE_EXTENSION
 files and folders are skipped). When no image lies directly in the folder and its images sit
 in first-level subfolders, each subfolder is a class (sorted by name, labels 0..K-1), like
 `keras.utils.image_dataset_from_directory`; otherwise there are no labels. Files that cannot be
-read are skipped and reported once with their path.
+read are skipped and reported once, as one line on stderr naming the file.
 """
 
 import dataclasses
 import os
+import sys
 import threading
-import warnings
 
 from keras_ddpm.data import image_files
 
@@ -57,8 +57,20 @@ def list_image_folder(root):
     return ImageFolder(root=root, paths=tuple(paths), labels=labels, class_names=class_names)
 
 
+def require_classes(root):
+    """Raises one sentence unless the folder `root` has class subfolders (`--class-cond`)."""
+    image_folder = list_image_folder(root)
+    if not image_folder.num_classes:
+        raise ValueError(
+            f"--class-cond needs labels, and {image_folder.root} has no class subfolders: put "
+            "each class's images in its own subfolder (e.g. cats/ and dogs/), one level down."
+        )
+    return image_folder
+
+
 class UnreadableImageReport:
-    """Warns once per unreadable file (tf.data may call from several threads)."""
+    """Reports each unreadable file once, as one line on stderr (tf.data may call from several
+    threads): "keras_ddpm: skipping unreadable image PATH (reason)"."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -69,4 +81,5 @@ class UnreadableImageReport:
             if path in self.paths:
                 return
             self.paths.append(path)
-        warnings.warn(f"Skipping unreadable image {path} ({reason}).", stacklevel=2)
+        print(f"keras_ddpm: skipping unreadable image {path} ({reason})", file=sys.stderr)
+        sys.stderr.flush()

@@ -90,6 +90,32 @@ def load_arrays(name):
     )
 
 
+def check_dataset_name(name, class_cond=False):
+    """Raises one sentence, before TensorFlow loads, for a dataset name that cannot work: a missing
+    folder, an embedded dataset's unknown split, a folder without class subfolders for
+    `class_cond`, or a typo of a known name ("celeba": did you mean celeb_a?). Names tfds alone
+    knows pass (tfds checks them when the data loads)."""
+    if folder.is_folder_name(name):
+        if class_cond:
+            folder.require_classes(name)
+        elif not os.path.isdir(os.path.expanduser(name)):
+            folder.list_image_folder(name)  # raises: no folder at that path
+        return
+    dataset, split = parse_dataset_name(name)
+    if dataset in EMBEDDED_DATASETS:
+        if split not in (None, "train", "test", "all"):
+            raise ValueError(
+                f"{dataset} has splits 'train', 'test' and 'all'. Received: split={split!r}"
+            )
+        return
+    base = dataset.split("/")[0]
+    if base in tfds.IMAGE_DATASETS:
+        return
+    close = tfds.close_names(base, EMBEDDED_DATASETS + tfds.IMAGE_DATASETS)
+    if close and base not in tfds.registered_names():  # a typo, not a name we do not list
+        raise ValueError(f"Unknown dataset {name!r}{tfds.did_you_mean(close)}")
+
+
 def num_classes(name, data_dir=None):
     """How many labels a dataset has (0 when it has none); downloads nothing."""
     if folder.is_folder_name(name):

@@ -39,10 +39,78 @@ class TfdsImageDataset:
             return None
 
 
+# Image datasets of tfds' catalog that "did you mean" offers (`pipeline.check_dataset_name`)
+# without importing tfds; any other registered name works too.
+IMAGE_DATASETS = (
+    "celeb_a",
+    "celeb_a_hq",
+    "cifar10",
+    "cifar100",
+    "cifar10_1",
+    "cifar10_corrupted",
+    "mnist",
+    "fashion_mnist",
+    "emnist",
+    "kmnist",
+    "binarized_mnist",
+    "mnist_corrupted",
+    "svhn_cropped",
+    "lsun",
+    "oxford_flowers102",
+    "oxford_iiit_pet",
+    "stl10",
+    "imagenet2012",
+    "imagenet_resized",
+    "downsampled_imagenet",
+    "imagenette",
+    "stanford_dogs",
+    "food101",
+    "caltech_birds2011",
+    "caltech101",
+    "cats_vs_dogs",
+    "tf_flowers",
+    "cars196",
+    "dtd",
+    "eurosat",
+    "horses_or_humans",
+    "rock_paper_scissors",
+    "beans",
+    "omniglot",
+    "cmaterdb",
+    "lfw",
+    "shapes3d",
+    "dsprites",
+    "smallnorb",
+    "places365_small",
+)
+
+
+def close_names(name, known):
+    """The names in `known` that `name` may be a typo of, closest first (difflib)."""
+    import difflib
+
+    return difflib.get_close_matches(name, known, n=3, cutoff=0.75)
+
+
+def registered_names():
+    """Every dataset tfds registers (imports its catalog: about a second)."""
+    import tensorflow_datasets as tfds
+
+    return tuple(tfds.list_builders(with_community_datasets=False))
+
+
+def did_you_mean(names):
+    return f"; did you mean {' or '.join(names)}?" if names else ""
+
+
 def _unknown_name_error(name):
+    from keras_ddpm.data.pipeline import EMBEDDED_DATASETS
+
+    close = close_names(name.split("/")[0], EMBEDDED_DATASETS + registered_names())
     return ValueError(
         f"Unknown dataset {name!r}: it is not mnist_5k, not a registered tfds dataset "
-        "(see https://www.tensorflow.org/datasets/catalog) and no folder exists at that path."
+        "(see https://www.tensorflow.org/datasets/catalog) and no folder exists at that path"
+        + (did_you_mean(close) or ".")
     )
 
 

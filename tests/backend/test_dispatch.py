@@ -63,7 +63,7 @@ def test_a_strategy_runs_on_its_own_backend_only(distribute):
 def test_an_unknown_strategy_is_named():
     with pytest.raises(ValueError, match=r"distribute must be one of .*Received: 'ring'"):
         training.distribution_scope("ring")
-    assert training.DISTRIBUTIONS == ("none", "mirrored", "data_parallel")
+    assert training.DISTRIBUTIONS == ("none", "mirrored", "data_parallel", "multi_worker")
     with training.distribution_scope("none"):
         assert training.num_replicas("none") == 1
 

@@ -65,8 +65,8 @@ def test_tfds_datasets(name, size, channels, classes):
 
 
 def test_tfds_errors(monkeypatch):
-    with pytest.raises(ValueError, match="Unknown dataset 'cifar1'"):
-        data.make_dataset("cifar1", 32, 3, 4)
+    with pytest.raises(ValueError, match="Unknown dataset 'cifar1'.* did you mean cifar10"):
+        data.make_dataset("cifar1", 32, 3, 4)  # "did you mean" from tfds' registered names
     with pytest.raises(ValueError, match="Unknown dataset"):
         data.num_classes("no_such_dataset:train")
     with tfds.testing.mock_data(num_examples=4):
