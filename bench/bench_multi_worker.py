@@ -18,11 +18,10 @@ import tempfile
 
 import keras
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tests"))
-from test_multi_worker import launcher_environment  # noqa: E402
+from keras_ddpm.backend import child_environment
+from keras_ddpm.backend import launcher_environment
 
-from keras_ddpm.backend import child_environment  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def free_port():
@@ -61,7 +60,9 @@ def run(count, args, folder):
     ports = [free_port() for _ in range(count)]
     processes = []
     for index in range(count):
-        extra = launcher_environment(index, count, ports) if count > 1 else {}
+        extra = (
+            launcher_environment(keras.backend.backend(), index, count, ports) if count > 1 else {}
+        )
         distribute = ["--distribute", "multi_worker"] if count > 1 else []
         processes.append(
             subprocess.Popen(

@@ -127,15 +127,22 @@ def check_sample(options):
         check_dataset_name(real_image_source(options)[0])
 
 
+def inception_weights(weights):
+    """--inception-weights: "imagenet" (Keras' download) or a file that exists."""
+    if weights not in (None, "imagenet") and not os.path.isfile(weights):
+        raise FileNotFoundError(
+            f"No Inception weights file at {weights}; pass the path of the network's weights "
+            "file with --inception-weights (docs/evaluation.md names the files)."
+        )
+
+
 def check_train(options):
     from keras_ddpm.data import check_dataset_name
 
     writable_folder(options["out_dir"], "--out")
     if not options["resume"]:  # with --resume the dataset may come from OUT/config.json
         check_dataset_name(options["dataset"], class_cond=options["class_cond"])
-    weights = options["inception_weights"]
-    if weights is not None and not os.path.isfile(weights):
-        raise FileNotFoundError(f"No Inception weights file at {weights}.")
+    inception_weights(options["inception_weights"])
 
 
 def check_eval(options):
@@ -150,9 +157,7 @@ def check_eval(options):
             writable_folder(options["gen_data_dir"], "--gen-data-dir")
     if options["dataset"] is not None:
         check_dataset_name(options["dataset"])
-    weights = options["inception_weights"]
-    if weights is not None and not os.path.isfile(weights):
-        raise FileNotFoundError(f"No Inception weights file at {weights}.")
+    inception_weights(options["inception_weights"])
     writable_file(options["output"], "--output")
     if options["save_stats"] is not None:
         writable_file(options["save_stats"], "--save-stats")

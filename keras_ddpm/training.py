@@ -292,9 +292,6 @@ def run(config, explicit=None, echo=None):
     worker = backend.launched_worker() if multi_worker else backend.Worker()
     preset = config.preset_config()
     batch_size, total = preset.train.batch_size, preset.train.train_steps
-    short_run = preset.train.short_run_warning()
-    if short_run:
-        echo(f"warning: {short_run}", err=True)
     if batch_size % worker.count:  # before joining, where the others would wait for this one
         raise ValueError(
             f"The batch size {batch_size} does not split evenly across {worker.count} processes."
@@ -323,6 +320,9 @@ def run(config, explicit=None, echo=None):
     manager = CheckpointManager(os.path.join(out_dir, "checkpoints"), keep=config.keep_checkpoints)
     run_lock = RunLock(out_dir) if worker.is_chief else contextlib.nullcontext()
     with run_lock:  # until model.keras is written
+        short_run = preset.train.short_run_warning()
+        if short_run and worker.is_chief:  # in OUT, before anything is built
+            echo(f"warning: {short_run}", err=True)
         if not config.resume and manager.checkpoints():
             raise ValueError(
                 f"{out_dir} already holds checkpoints: pass --resume to continue that run, or "

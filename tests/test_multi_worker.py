@@ -27,6 +27,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import REPO
 
+from keras_ddpm import backend
 from keras_ddpm import training
 from keras_ddpm.backend import child_environment
 from keras_ddpm.cli import cli
@@ -55,24 +56,8 @@ def free_port():
 
 
 def launcher_environment(index, count, ports):
-    """What each backend's launcher sets for worker `index` of `count`."""
-    if BACKEND == "tensorflow":
-        workers = ", ".join(f'"127.0.0.1:{port}"' for port in ports)
-        task = f'{{"type": "worker", "index": {index}}}'
-        return {"TF_CONFIG": f'{{"cluster": {{"worker": [{workers}]}}, "task": {task}}}'}
-    if BACKEND == "jax":
-        return {
-            "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{ports[0]}",
-            "KERAS_DISTRIBUTION_NUM_PROCESSES": str(count),
-            "KERAS_DISTRIBUTION_PROCESS_ID": str(index),
-        }
-    return {
-        "RANK": str(index),
-        "LOCAL_RANK": "0",
-        "WORLD_SIZE": str(count),
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(ports[0]),
-    }
+    """What this backend's launcher sets for worker `index` of `count`."""
+    return backend.launcher_environment(BACKEND, index, count, ports)
 
 
 def cli_options(**options):

@@ -61,6 +61,30 @@ def configure_xla_cpu():
         configure()
 
 
+def launcher_environment(backend, index, count, ports):
+    """The variables that `backend`'s launcher sets for worker `index` of `count` processes on
+    this host (127.0.0.1): `TF_CONFIG` (TensorFlow, a port per worker), `KERAS_DISTRIBUTION_*`
+    (JAX, the coordinator at the first port) or torchrun's (PyTorch, the store at the first
+    port). For tests and local runs; on several hosts each launcher names their addresses."""
+    if backend == "tensorflow":
+        workers = ", ".join(f'"127.0.0.1:{port}"' for port in ports)
+        task = f'{{"type": "worker", "index": {index}}}'
+        return {"TF_CONFIG": f'{{"cluster": {{"worker": [{workers}]}}, "task": {task}}}'}
+    if backend == "jax":
+        return {
+            "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{ports[0]}",
+            "KERAS_DISTRIBUTION_NUM_PROCESSES": str(count),
+            "KERAS_DISTRIBUTION_PROCESS_ID": str(index),
+        }
+    return {
+        "RANK": str(index),
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": str(count),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(ports[0]),
+    }
+
+
 def child_environment(backend, **extra):
     """`os.environ` for a child Python process on Keras backend `backend` (TensorFlow's C++ logs
     quiet), with `extra` variables added."""
