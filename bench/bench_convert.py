@@ -21,21 +21,6 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKENDS = ("tensorflow", "torch", "jax")
-CELEBAHQ_256 = dict(
-    sample_size=256,
-    in_channels=3,
-    out_channels=3,
-    layers_per_block=2,
-    block_out_channels=(128, 128, 256, 256, 512, 512),
-    down_block_types=("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4,
-    attention_head_dim=None,
-    downsample_padding=0,
-    flip_sin_to_cos=False,
-    freq_shift=1,
-    norm_eps=1e-6,
-    norm_num_groups=32,
-)
 
 
 def write_model(folder):
@@ -47,12 +32,14 @@ def write_model(folder):
     import diffusers
     import torch
 
+    from keras_ddpm.convert.diffusers import PUBLISHED_UNETS
+
     if os.path.isfile(os.path.join(folder, "diffusion_pytorch_model.safetensors")):
         with open(os.path.join(folder, "config.json")) as f:
             unet = diffusers.UNet2DModel(**{k: v for k, v in json.load(f).items() if k[0] != "_"})
     else:
         torch.manual_seed(0)
-        unet = diffusers.UNet2DModel(**CELEBAHQ_256)
+        unet = diffusers.UNet2DModel(**PUBLISHED_UNETS["google/ddpm-celebahq-256"])
         unet.save_pretrained(folder)
         diffusers.DDPMScheduler(variance_type="fixed_small").save_pretrained(folder)
     return sum(p.numel() for p in unet.parameters())

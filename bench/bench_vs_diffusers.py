@@ -105,23 +105,10 @@ def measure_peak(args):
 def diffusers_unet():
     from diffusers import UNet2DModel
 
+    from keras_ddpm.convert.diffusers import PUBLISHED_UNETS
+
     # google/ddpm-cifar10-32's architecture: attention at 16x16 (the second level), one head.
-    return UNet2DModel(
-        sample_size=32,
-        in_channels=3,
-        out_channels=3,
-        layers_per_block=2,
-        block_out_channels=(128, 256, 256, 256),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-        dropout=0.1,
-        norm_num_groups=32,
-        norm_eps=1e-6,
-        downsample_padding=0,
-        flip_sin_to_cos=False,
-        freq_shift=1,
-        attention_head_dim=None,
-    )
+    return UNet2DModel(**PUBLISHED_UNETS["google/ddpm-cifar10-32"], dropout=0.1)
 
 
 def diffusers_train_step(batch_size, device, bf16):

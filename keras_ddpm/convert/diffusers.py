@@ -83,6 +83,38 @@ SCHEDULER_DEFAULTS = {
     "thresholding": False,
     "rescale_betas_zero_snr": False,
 }
+# The `config.json` of google's published DDPM UNets (diffusers' ports of the authors' checkpoints):
+# the CIFAR-10 model (35.7M parameters) and the six-level 256x256 layout of CelebA-HQ and LSUN
+# (114M). Tests and benchmarks build these architectures offline to compare with diffusers.
+_CIFAR10 = dict(
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    layers_per_block=2,
+    block_out_channels=(128, 256, 256, 256),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=None,
+    downsample_padding=0,
+    flip_sin_to_cos=False,
+    freq_shift=1,
+    norm_eps=1e-6,
+    norm_num_groups=32,
+    act_fn="silu",
+    center_input_sample=False,
+    mid_block_scale_factor=1,
+    time_embedding_type="positional",
+)
+PUBLISHED_UNETS = {
+    "google/ddpm-cifar10-32": _CIFAR10,
+    "google/ddpm-celebahq-256": dict(
+        _CIFAR10,
+        sample_size=256,
+        block_out_channels=(128, 128, 256, 256, 512, 512),
+        down_block_types=("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4,
+    ),
+}
 SCHEDULES = {"linear": "linear", "squaredcos_cap_v2": "cosine"}
 PREDICTIONS = {"epsilon": "epsilon", "sample": "x0", "v_prediction": "v"}
 VARIANCES = {

@@ -12,36 +12,16 @@ import numpy as np
 import pytest
 import torch
 
+from keras_ddpm.convert.diffusers import PUBLISHED_UNETS
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # google/ddpm-cifar10-32's config.json (35.7M parameters, the real one).
-CIFAR10 = dict(
-    sample_size=32,
-    in_channels=3,
-    out_channels=3,
-    layers_per_block=2,
-    block_out_channels=(128, 256, 256, 256),
-    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-    attention_head_dim=None,
-    downsample_padding=0,
-    flip_sin_to_cos=False,
-    freq_shift=1,
-    norm_eps=1e-6,
-    norm_num_groups=32,
-    act_fn="silu",
-    center_input_sample=False,
-    mid_block_scale_factor=1,
-    time_embedding_type="positional",
-)
+CIFAR10 = PUBLISHED_UNETS["google/ddpm-cifar10-32"]
 # google/ddpm-celebahq-256's layout (six levels, multipliers 1, 1, 2, 2, 4, 4, attention at
 # 16x16, 32 groups) with 32 base channels instead of 128.
 SIX_LEVELS_256 = dict(
-    CIFAR10,
-    sample_size=256,
-    block_out_channels=(32, 32, 64, 64, 128, 128),
-    down_block_types=("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4,
+    PUBLISHED_UNETS["google/ddpm-celebahq-256"], block_out_channels=(32, 32, 64, 64, 128, 128)
 )
 # A 32x32 model with DDPM's groups (32) and small channels, for the formats that fix 32 groups.
 SMALL_32 = dict(CIFAR10, block_out_channels=(32, 64, 64, 64), layers_per_block=1)
