@@ -34,15 +34,27 @@ lane() {  # runs `suites "$@"` with each output line prefixed; its status goes t
   { suites "$@"; echo $? >"$work/$name.status"; } 2>&1 | sed -u "s/^/[$name] /"
 }
 
+threads() {  # the lanes' share of the cores, as each framework's intra-op thread count
+  # torch (OpenMP) and TensorFlow (Eigen) otherwise start a thread per core in every lane, and
+  # their threads spin-wait for each other while the other lanes hold the cores. JAX's XLA CPU
+  # client has no such setting; its lane keeps one pool a core.
+  local count=$(($(nproc) / $1))
+  [ "$count" -ge 1 ] || count=1
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$count}
+  export TF_NUM_INTRAOP_THREADS=${TF_NUM_INTRAOP_THREADS:-$count}
+}
+
 pytest_args=("$@")
 start=$SECONDS
 if [ "${TEST_LANES:-3}" -ge 3 ] && [ "$(nproc)" -ge 2 ]; then
+  threads 3
   lanes=(tensorflow torch jax)
   lane tensorflow tensorflow &
   lane torch torch &
   lane jax jax &
   wait
 elif [ "${TEST_LANES:-3}" -ge 2 ] && [ "$(nproc)" -ge 2 ]; then
+  threads 2
   lanes=(tensorflow torch+jax)
   lane tensorflow tensorflow &
   lane torch+jax torch jax &
