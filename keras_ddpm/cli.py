@@ -393,6 +393,13 @@ def main():
     help="Steps between callbacks (TensorFlow, JAX); TensorFlow compiles them into one call.",
 )
 @click.option(
+    "--cuda-graph",
+    type=run_option_type("cuda_graph"),
+    default=RUN.cuda_graph,
+    help="PyTorch on CUDA: capture the training step as one CUDA graph after 3 warm-up steps "
+    "(auto); on: also say why not elsewhere; off: eager steps [default: the preset's, auto].",
+)
+@click.option(
     "--distribute",
     type=run_option_type("distribute"),
     default=RUN.distribute,

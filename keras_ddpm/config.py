@@ -18,6 +18,9 @@ PREDICTIONS = ("epsilon", "x0", "v")
 TIMESTEP_EMBEDDINGS = ("sin_cos", "interleaved")
 DOWNSAMPLE_PADDINGS = ("same", "symmetric")
 OPTIMIZERS = ("adam", "adamw")
+# How the PyTorch backend runs a training step on CUDA: "auto" captures it as one CUDA graph
+# there, "on" also says why not elsewhere, "off" keeps the eager step.
+CUDA_GRAPH_CHOICES = ("auto", "on", "off")
 LR_SCHEDULES = ("constant", "cosine")
 
 # Bounds on what a config (a preset, a run's config.json, a `.keras` file) may ask to build,
@@ -248,8 +251,16 @@ class TrainConfig:
     # slices of batch_size / grad_accum examples, computed one after another (less memory, the
     # same update as one batch of batch_size).
     grad_accum: int = 1
+    # PyTorch on CUDA: the training step captured as one CUDA graph (CUDA_GRAPH_CHOICES); it
+    # computes the same numbers as the eager step.
+    cuda_graph: str = "auto"
 
     def __post_init__(self):
+        if self.cuda_graph not in CUDA_GRAPH_CHOICES:
+            raise ValueError(
+                f"cuda_graph must be one of {CUDA_GRAPH_CHOICES}. Received: "
+                f"cuda_graph={self.cuda_graph!r}"
+            )
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(
                 f"optimizer must be one of {OPTIMIZERS}. Received: optimizer={self.optimizer!r}"

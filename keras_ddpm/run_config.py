@@ -14,6 +14,7 @@ import json
 import math
 import os
 
+from keras_ddpm.config import CUDA_GRAPH_CHOICES
 from keras_ddpm.config import LR_SCHEDULES
 from keras_ddpm.config import OPTIMIZERS
 from keras_ddpm.config import PREDICTIONS
@@ -127,6 +128,7 @@ class RunConfig:
     mixed_precision: str = _option("no", str, choices=MIXED_PRECISIONS)
     jit_compile: bool = _option(None, bool)
     steps_per_execution: int = _option(1, int, low=1)
+    cuda_graph: str = _option(None, str, choices=CUDA_GRAPH_CHOICES)
     distribute: str = _option("none", str, choices=DISTRIBUTIONS)
     seed: int = _option(0, int)
     # The run directory and what is written there.
@@ -225,6 +227,7 @@ class RunConfig:
             "grad_clip": self.grad_clip,
             "grad_accum": self.grad_accum,
             "ema_warmup_power": self.ema_warmup_power,
+            "cuda_graph": self.cuda_graph,
         }
         if self.class_cond:
             from keras_ddpm import data

@@ -196,12 +196,13 @@ def foreach_mul_(tensors, scalar):
 
 def foreach_lerp_(tensors, ends, weight):
     """tensor += weight * (end - tensor) for each pair, in place: `torch._foreach_lerp_`, or one
-    `lerp_` each."""
+    `lerp_` each. `weight`: a number, or a 0-dim tensor (read on the device: passed as one
+    weight per pair, since torch's Scalar overload would read a tensor on the host)."""
     import torch
 
     lerp = _private(torch, "_foreach_lerp_", torch_tested)
     if lerp is not None:
-        lerp(tensors, ends, weight)
+        lerp(tensors, ends, [weight] * len(tensors) if torch.is_tensor(weight) else weight)
         return
     for tensor, end in zip(tensors, ends):
         tensor.lerp_(end, weight)

@@ -3,11 +3,13 @@ kernels, the tensors they touch gathered once in a step plan), eager inference u
 `torch.no_grad()`, layer kernels on NHWC data, seeds and the dtypes this machine can train in.
 """
 
+import collections
 import datetime
 import functools
 import math
 import operator
 import os
+import sys
 import time
 
 import keras
@@ -196,36 +198,95 @@ def _lost_workers(wait=3.0):
 
 
 # The training step.
+#
+# The fused step (Adam or AdamW through `torch._fused_adam_`) reads no device value on the host:
+# the optimizer step, the learning rate, Adam's bias corrections and the EMA decay are Python
+# numbers computed from a step counter kept on the host (`_AdamPlan.iterations`), and
+# `optimizer.iterations` is incremented on the device. On CUDA each such read (`float(tensor)`)
+# waits for the GPU to finish all the work queued before it.
+
+
+class _StepScalars(collections.namedtuple("_StepScalars", "step_size ema_weight")):
+    """The numbers that change from step to step: Adam's step size lr sqrt(1 - b2^t) / (1 - b1^t)
+    and the EMA's interpolation weight 1 - decay; Python floats for an eager step, 0-dim device
+    tensors (filled before each replay) for a captured one."""
 
 
 def train_step(model, data):
     images, labels = unpack(data)
-    model.zero_grad()
     inputs = model.step_inputs(images, labels)
+    variables = model.trainable_variables
+    plan = _step_plan(model, variables)
+    if not plan.adam.fused:
+        return _keras_update_step(model, inputs, plan)
+    step = plan.adam.iterations()  # this update's number, 0-based
+    scalars = _StepScalars(
+        _adam_step_size(model.optimizer, plan.adam, step),
+        1.0 - ema_decay_on_host(model.config.train, step + 1),
+    )
+    loss = plan.graph.run(plan, inputs, scalars) if plan.graph is not None else None
+    if loss is None:
+        loss = _step_body(model, plan, inputs, scalars)
+    plan.adam.counted()
+    model.loss_tracker.update_state(loss)
+    return {"loss": model.loss_tracker.result()}
+
+
+def _forward_backward(model, inputs):
+    """The loss of a step and its gradients in each weight's `.grad` (`grad_accum` micro-batches:
+    backward() adds each one's gradients to .grad, their sum / count)."""
+    model.zero_grad()
     count = model.config.train.grad_accum
     if count == 1:
         loss = model.diffusion_loss(*inputs, training=True)
         model.optimizer.scale_loss(loss).backward()
-    else:  # backward() adds each micro-batch's gradients to .grad: their sum / count
-        losses = []
-        for index in range(count):
-            loss = model.diffusion_loss(*micro_batch(inputs, count, index), training=True)
-            model.optimizer.scale_loss(loss / count).backward()
-            losses.append(loss.detach())
-        loss = torch.stack(losses).mean()
-    variables = model.trainable_variables
-    plan = _step_plan(model, variables)
+        return loss.detach()
+    losses = []
+    for index in range(count):
+        loss = model.diffusion_loss(*micro_batch(inputs, count, index), training=True)
+        model.optimizer.scale_loss(loss / count).backward()
+        losses.append(loss.detach())
+    return torch.stack(losses).mean()
+
+
+def _mean_over_workers(loss, gradients):
+    """As DistributedDataParallel does: the mean of all processes' gradients and losses."""
+    if worker().count == 1:
+        return loss
+    loss = loss.reshape(1)
+    _all_reduce_mean([*gradients, loss])
+    return loss[0]
+
+
+def _step_body(model, plan, inputs, scalars):
+    """One fused training step (forward, loss, backward, clipping, Adam, EMA, iterations + 1),
+    with no host read of a device value: the loss, as a device tensor. The same function runs
+    eagerly and under CUDA graph capture (`_GraphedStep`); `scalars`: `_StepScalars`."""
+    loss = _forward_backward(model, inputs)
     gradients = [weight.grad for weight in plan.adam.weights]
     with torch.no_grad():
-        if worker().count > 1:  # as DistributedDataParallel does: the mean of all processes'
-            loss = loss.detach().reshape(1)
-            _all_reduce_mean([*gradients, loss])
-            loss = loss[0]
-        _apply_gradients(model.optimizer, gradients, variables, plan.adam)
-        decay = float(model.ema_decay_at(model.optimizer.iterations))
+        loss = _mean_over_workers(loss, gradients)
+        _clip(model.optimizer, gradients)
+        plan.adam.apply_weight_decay(plan.adam.variables)  # AdamW's decoupled decay, as Keras'
+        _fused_update(model.optimizer, gradients, plan.adam, scalars.step_size)
+        _increment(model.optimizer.iterations)
         # `DiffusionModel.update_ema`, as one multi-tensor kernel.
+        internals.foreach_lerp_(plan.ema_weights, plan.network_weights, scalars.ema_weight)
+    return loss
+
+
+def _keras_update_step(model, inputs, plan):
+    """The step for optimizers `_fused_update` leaves to Keras (another optimizer, loss scaling):
+    Keras' update after our clipping, and the EMA decay read from `optimizer.iterations` as
+    Keras increments it."""
+    loss = _forward_backward(model, inputs)
+    gradients = [weight.grad for weight in plan.adam.weights]
+    with torch.no_grad():
+        loss = _mean_over_workers(loss, gradients)
+        _apply_gradients(model.optimizer, gradients, plan.adam.variables, plan.adam)
+        decay = float(model.ema_decay_at(model.optimizer.iterations))
         internals.foreach_lerp_(plan.ema_weights, plan.network_weights, 1.0 - decay)
-    model.loss_tracker.update_state(loss.detach())
+    model.loss_tracker.update_state(loss)
     return {"loss": model.loss_tracker.result()}
 
 
@@ -247,10 +308,12 @@ class _StepPlan:
         self.adam = _AdamPlan(model.optimizer, variables)
         self.ema_weights = [weight.value for weight in model.ema_network.weights]
         self.network_weights = [weight.value for weight in model.network.weights]
+        self.graph = _GraphedStep.for_model(model, self)
 
 
 class _AdamPlan:
-    """The weights and, where `_fused_adam` applies, Adam's moments, as torch tensors.
+    """The weights and, where `_fused_update` applies, Adam's moments, as torch tensors; the
+    optimizer step as a Python int (`iterations`).
 
     Builds the optimizer if needed, and gives each moment its weight's memory layout:
     `torch._fused_adam_` walks a weight and its moments as flat memory, and a convolution kernel
@@ -266,6 +329,8 @@ class _AdamPlan:
         self.weights = [v.value for v in variables]
         self.kernel = internals.fused_adam()
         self.fused = False
+        self._count = self._count_tensor = self._count_version = None
+        self._learning_rate = None  # (tensor, version, value) of a learning-rate variable
         if self.kernel is None or not _fusable_adam(optimizer, variables):
             return
         adam = internals.adam_internals(optimizer, variables)
@@ -275,6 +340,12 @@ class _AdamPlan:
         self.momentums = _moment_views(adam.momentums, self.weights)
         self.velocities = _moment_views(adam.velocities, self.weights)
         self.flat_weights = [_flat(weight) for weight in self.weights]
+        # A step count at which torch's kernel's bias corrections 1 - beta^step are exactly 1
+        # (beta^step underflows to 0 for any beta < 1, in float32 as in float64): the kernel then
+        # takes the step size as its learning rate, and Keras' epsilon as its own
+        # (`_fused_update`). One tensor, made once: the kernel reads it and never writes it.
+        step = torch.full((), _SATURATED_STEP, device=self.weights[0].device)
+        self.state_steps = [step] * len(self.weights)
         self.fused = self.momentums is not None and self.velocities is not None
 
     def matches(self, optimizer, variables):
@@ -285,6 +356,273 @@ class _AdamPlan:
             and len(variables) == len(self.variables)
             and all(map(operator.is_, variables, self.variables))
         )
+
+    def iterations(self):
+        """`optimizer.iterations` as a Python int: read from the device only where it may have
+        changed since this plan's last step (`counted`), i.e. where its tensor was replaced or
+        written in place: torch's version counter of the tensor, which every Keras `assign`
+        bumps (a checkpoint restore, a loss-scaling or Keras update, anyone's `assign`;
+        `Variable._direct_assign` is `copy_`, Keras 3.15) and a CUDA graph's replay does not
+        (a replay runs kernels, not torch's in-place bookkeeping)."""
+        value = self.optimizer.iterations.value
+        version = internals.tensor_version(value)  # None: untested torch, read every step
+        if (
+            self._count is None
+            or version is None
+            or value is not self._count_tensor
+            or version != self._count_version
+        ):
+            self._count = int(keras.ops.convert_to_numpy(value))
+        self._count_tensor, self._count_version = value, version
+        return self._count
+
+    def counted(self):
+        """After a step that added 1 to `optimizer.iterations` on the device: the host counter
+        follows, and the tensor's current version becomes the one `iterations` expects."""
+        self._count += 1
+        value = self.optimizer.iterations.value
+        self._count_tensor, self._count_version = value, internals.tensor_version(value)
+
+    def learning_rate(self, step):
+        """The learning rate of update number `step` (0-based), as Keras' Adam computes it
+        (`optimizer.learning_rate` at `iterations` = `step`), on the host: a schedule by
+        `learning_rate_on_host`, a learning-rate variable (a number given to Keras) read again
+        only after a write to it (its version counter, as in `iterations`)."""
+        schedule = internals.learning_rate_schedule(self.optimizer)
+        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            return learning_rate_on_host(schedule, step)
+        if isinstance(schedule, keras.Variable):
+            value = schedule.value
+            version = internals.tensor_version(value)
+            kept = self._learning_rate
+            if version is None or kept is None or kept[:2] != (value, version):
+                kept = self._learning_rate = (
+                    value,
+                    version,
+                    float(keras.ops.convert_to_numpy(value)),
+                )
+            return kept[2]
+        return float(schedule() if callable(schedule) else schedule)
+
+
+# 2^100: representable in float32; beta^(2^100) == 0.0 for every float beta in [0, 1).
+_SATURATED_STEP = 2.0**100
+
+
+def _adam_step_size(optimizer, plan, step):
+    """lr sqrt(1 - b2^t) / (1 - b1^t) with t = step + 1: Keras' Adam step size ("alpha", its
+    bias corrections folded in), in float64 (Keras computes the powers in float32)."""
+    t = step + 1
+    beta_1, beta_2 = float(optimizer.beta_1), float(optimizer.beta_2)
+    return plan.learning_rate(step) * math.sqrt(1.0 - beta_2**t) / (1.0 - beta_1**t)
+
+
+def _f32(value):
+    return np.float32(value)
+
+
+def learning_rate_on_host(schedule, step):
+    """`float(schedule(step))` for update number `step` (0-based) without the device: our
+    `LinearWarmup` and Keras' `CosineDecay` (keras/src/optimizers/schedules/
+    learning_rate_schedule.py, Keras 3.15) by the same float32 arithmetic in NumPy; any other
+    schedule evaluated by Keras on the CPU (a few small torch ops, no device read)."""
+    from keras_ddpm.optimizers import LinearWarmup
+
+    if type(schedule) is LinearWarmup:
+        if not schedule.warmup_steps:
+            return float(_f32(schedule.learning_rate))
+        fraction = np.minimum(_f32(1.0), (_f32(step) + _f32(1.0)) / _f32(schedule.warmup_steps))
+        return float(_f32(schedule.learning_rate) * fraction)
+    if type(schedule) is keras.optimizers.schedules.CosineDecay:
+        return float(_cosine_decay(schedule, step))
+    with keras.device("cpu"):
+        return float(keras.ops.convert_to_numpy(schedule(step)))
+
+
+def _cosine_decay(schedule, step):
+    initial = _f32(schedule.initial_learning_rate)
+    decay_steps, step = _f32(schedule.decay_steps), _f32(step)
+
+    def decayed(step, decay_from):
+        cosine = _f32(0.5) * (_f32(1.0) + np.cos(_f32(math.pi) * (step / decay_steps)))
+        return decay_from * (_f32(1.0 - schedule.alpha) * cosine + _f32(schedule.alpha))
+
+    if schedule.warmup_target is None:
+        return decayed(np.minimum(step, decay_steps), initial)
+    target, warmup = _f32(schedule.warmup_target), _f32(schedule.warmup_steps)
+    step = np.minimum(step, decay_steps + warmup)
+    if step < warmup:
+        return (target - initial) * (step / warmup) + initial
+    return decayed(step - warmup, target)
+
+
+def ema_decay_on_host(train_config, iterations):
+    """`DiffusionModel.ema_decay_at(iterations)` as a Python float, by the same float32
+    arithmetic in NumPy: min(ema_decay, 1 - (1 + n)^-p), n = max(iterations - 1, 0)."""
+    if not train_config.ema_warmup_power:
+        return train_config.ema_decay
+    n = np.maximum(_f32(iterations) - _f32(1.0), _f32(0.0))
+    warmed = _f32(1.0) - np.power(_f32(1.0) + n, _f32(-train_config.ema_warmup_power))
+    return float(np.minimum(_f32(train_config.ema_decay), warmed))
+
+
+# The step as one CUDA graph.
+
+_said = set()
+
+
+def _say_once(message):
+    """Prints `message` (to stderr) the first time this process meets it."""
+    if message not in _said:
+        _said.add(message)
+        print(message, file=sys.stderr, flush=True)
+
+
+def cuda_graph_option(model):
+    """The run's CUDA-graph option (`TrainConfig.cuda_graph`): "auto" (capture on CUDA), "on"
+    (also say why not on another device) or "off"."""
+    return getattr(model.config.train, "cuda_graph", "auto")
+
+
+class _GraphedStep:
+    """The fused step (`_step_body`) captured once as a CUDA graph and replayed at every later
+    step (torch.cuda.graph; the recipe of torch's "CUDA Graphs" notes, whole-network capture):
+    `WARMUP` eager steps on a side stream first, then one capture with static input buffers
+    into which each step's inputs (the images, and the draws `DiffusionModel.step_inputs` made
+    eagerly) and `_StepScalars` are copied before a replay.
+
+    A step whose inputs have another shape than the captured one runs eagerly; a capture that
+    fails leaves the eager step for the rest of the run. Each says so once.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, model, plan):
+        self.model, self.plan = model, plan
+        self.steps = 0
+        self.graph = self.replay = self.signature = None
+        self.static_inputs = self.static_loss = None
+        device = plan.adam.weights[0].device
+        self.scalars = _StepScalars(torch.zeros((), device=device), torch.zeros((), device=device))
+
+    @classmethod
+    def for_model(cls, model, plan):
+        """A `_GraphedStep` where the option asks for one and the step can be captured; else
+        None, having said why where capture was asked for (nothing on a CPU with "auto")."""
+        option = cuda_graph_option(model)
+        if option == "off" or not plan.adam.fused:
+            return None
+        device = plan.adam.weights[0].device
+        if device.type != "cuda":
+            if option == "on":
+                _say_once(f"CUDA graphs: the model is on {device.type}, not CUDA; eager steps.")
+            return None
+        reason = _uncapturable(model, plan)
+        if reason:
+            _say_once(f"CUDA graphs: not captured ({reason}); eager steps.")
+            return None
+        _cache_schedule_tables(model)
+        return cls(model, plan)
+
+    def run(self, plan, inputs, scalars):
+        """This step's loss (a device tensor), warmed up, captured or replayed; None where it
+        must run eagerly."""
+        if self.plan is not plan:
+            return None
+        signature = [None if x is None else (tuple(x.shape), x.dtype, x.device) for x in inputs]
+        if self.signature is None:
+            self.signature = signature
+        if signature != self.signature:
+            _say_once(
+                "CUDA graphs: a batch of another shape than the captured step's runs eagerly "
+                f"({signature} vs {self.signature})."
+            )
+            return None
+        if self.steps < self.WARMUP:
+            self.steps += 1
+            return self._warm_up(inputs, scalars)
+        if self.replay is None and not self._capture(inputs):
+            return None
+        for static, value in zip(self.static_inputs, inputs):
+            if static is not None:
+                static.copy_(value)
+        for static, value in zip(self.scalars, scalars):
+            static.fill_(value)
+        self.replay()
+        return self.static_loss
+
+    def _warm_up(self, inputs, scalars):
+        """An eager step on a side stream (lazy initialisation, cuBLAS workspaces and autograd's
+        streams happen here rather than inside the capture)."""
+        side, current = torch.cuda.Stream(), torch.cuda.current_stream()
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            loss = _step_body(self.model, self.plan, inputs, scalars)
+        current.wait_stream(side)
+        return loss
+
+    def body(self):
+        """The step the graph holds: `_step_body` on the static buffers (`static_inputs`, and
+        `scalars` as 0-dim tensors); also run uncaptured, on a CPU, by the tests."""
+        return _step_body(self.model, self.plan, self.static_inputs, self.scalars)
+
+    def _capture(self, inputs):
+        """Captures `body`, then `replay` runs it; False (having said why) where the capture
+        fails: the model is unchanged (a capture records kernels and runs none) and
+        `iterations`' version moved, so its host counter is read again."""
+        self.static_inputs = [None if x is None else x.clone() for x in inputs]
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self.static_loss = self.body()
+        except Exception as error:  # any operation that cannot be captured
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            _say_once(f"CUDA graphs: the capture failed ({reason}); eager steps.")
+            self.plan.graph = None
+            self.model.zero_grad()
+            return False
+        self.graph, self.replay = graph, graph.replay  # the graph kept alive with its memory
+        return True
+
+
+def _uncapturable(model, plan):
+    """Why this model's step cannot be captured as one CUDA graph; None where it can."""
+    if worker().count > 1:
+        return "a multi-worker step all-reduces its gradients between processes"
+    if model.config.train.grad_accum > 1:
+        return "--grad-accum slices micro-batches by host-made indices"
+    if getattr(model.optimizer, "weight_decay", None):
+        return "AdamW's decay (Keras' _apply_weight_decay) makes its scalars on the host"
+    dropped = [
+        layer.name
+        for layer in internals.flatten_layers(model.network)
+        if isinstance(layer, keras.layers.Dropout) and layer.rate
+    ]
+    if dropped:  # keras/src/backend/torch/random.py: int(seed) per draw
+        return "dropout seeds its generator from a device value at every call (Keras' torch random)"
+    return None
+
+
+def _cache_schedule_tables(model):
+    """`DiffusionModel._gather` converts its NumPy table to a device tensor at every call (a copy
+    from host memory that waits for the device, which capture forbids); on this model, the
+    converted tables are kept on the device instead (the same float32 values)."""
+    gather = model._gather
+    if hasattr(gather, "original"):  # cached already (a plan made again)
+        return
+    tables = {}
+
+    def cached_gather(array, timesteps):
+        kept = tables.get(id(array))
+        if kept is None or kept[0] is not array:
+            kept = tables[id(array)] = (
+                array,
+                keras.ops.convert_to_tensor(array.astype(np.float32)),
+            )
+        return keras.ops.take(kept[1], timesteps)[:, None, None, None]
+
+    cached_gather.original = gather
+    model._gather = cached_gather
 
 
 def _moment_views(moments, weights):
@@ -336,60 +674,80 @@ def _apply_gradients(optimizer, gradients, variables, plan=None):
     """`optimizer.apply(gradients, variables)` with torch's multi-tensor and fused kernels.
 
     Keras clips tensor by tensor (a dozen small ops per weight, 2,000+ for ddpm_cifar10); torch's
-    multi-tensor norm and multiply do the same scaling, clip / max(norm, clip), in two calls. On a
-    CPU, torch runs Keras' multi-tensor Adam as about ten passes over every weight;
-    `torch._fused_adam_` makes one (`_fused_adam`). Other optimizers take Keras' update after the
-    clipping, and loss-scaled (fp16) ones Keras' path throughout. `plan`: an `_AdamPlan` of these
-    variables, kept by the caller across steps.
+    multi-tensor norm and multiply do the same scaling, clip / max(norm, clip), in two calls
+    (`_clip`). On a CPU, torch runs Keras' multi-tensor Adam as about ten passes over every
+    weight; `torch._fused_adam_` makes one (`_fused_update`). Other optimizers take Keras' update
+    after the clipping, and loss-scaled (fp16) ones Keras' path throughout. `plan`: an
+    `_AdamPlan` of these variables, kept by the caller across steps.
     """
     if hasattr(optimizer, "inner_optimizer"):
         optimizer.apply(gradients, variables)
         return
-    clip = optimizer.global_clipnorm
-    if clip:
-        norm = torch.linalg.vector_norm(torch.stack(internals.foreach_norm(gradients)))
-        limit = torch.tensor(clip, device=norm.device)
-        internals.foreach_mul_(gradients, clip / torch.maximum(norm, limit))
+    _clip(optimizer, gradients)
     plan = plan or _AdamPlan(optimizer, variables)
     if not plan.fused:
         with clipping_switched_off(optimizer):
             optimizer.apply(gradients, variables)
         return
+    step = plan.iterations()
     plan.apply_weight_decay(variables)  # AdamW's decoupled decay, as Keras applies it
-    _fused_adam(optimizer, gradients, plan)
-    optimizer.iterations.assign_add(1)
+    _fused_update(optimizer, gradients, plan, _adam_step_size(optimizer, plan, step))
+    _increment(optimizer.iterations)
+    plan.counted()
+
+
+def _increment(iterations):
+    """`iterations.assign_add(1)` as one in-place add on the device. Keras' `assign_add` adds a
+    tensor it makes from the Python 1 (`convert_to_tensor`: on CUDA a copy from host memory,
+    which waits for the device and cannot be captured), then copies the sum back."""
+    iterations.value.add_(1)
+
+
+def _clip(optimizer, gradients):
+    """Scales `gradients` in place by clip / max(global norm, clip) (Keras' `global_clipnorm`),
+    on the device: the clip is a constant of the kernel, not a tensor made from the host."""
+    clip = optimizer.global_clipnorm
+    if clip:
+        norm = torch.linalg.vector_norm(torch.stack(internals.foreach_norm(gradients)))
+        internals.foreach_mul_(gradients, clip / torch.clamp(norm, min=clip))
 
 
 def _fusable_adam(optimizer, variables):
-    """Keras' Adam or AdamW with none of the options `_fused_adam` leaves out."""
+    """Keras' Adam or AdamW with none of the options `_fused_update` leaves out."""
     if not isinstance(optimizer, keras.optimizers.Adam) or not variables:
         return False
     plain = not (optimizer.amsgrad or optimizer.use_ema or optimizer.gradient_accumulation_steps)
+    betas = all(
+        isinstance(beta, (int, float)) and 0.0 <= beta < 1.0
+        for beta in (optimizer.beta_1, optimizer.beta_2)
+    )
     placements = {(v.dtype, str(v.value.device)) for v in variables}
     uniform = len(placements) == 1 and variables[0].dtype == "float32"
     no_constraints = all(v.constraint is None and not v.overwrite_with_gradient for v in variables)
-    return plain and uniform and no_constraints
+    return plain and betas and uniform and no_constraints
 
 
-def _fused_adam(optimizer, gradients, plan):
+def _fused_update(optimizer, gradients, plan, step_size):
     """Keras' Adam step by `torch._fused_adam_`: m and v as both define them, and
-    w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps), Keras' epsilon (torch's kernel adds
-    its eps to sqrt(v) / sqrt(1 - b2^t), so it gets eps / sqrt(1 - b2^t))."""
-    step = float(optimizer.iterations) + 1
-    beta_1, beta_2 = float(optimizer.beta_1), float(optimizer.beta_2)
-    device = gradients[0].device
+    w -= alpha m / (sqrt(v) + eps) with Keras' alpha = lr sqrt(1 - b2^t) / (1 - b1^t)
+    (`step_size`: a float, or a 0-dim tensor under graph capture) and Keras' epsilon.
+
+    Torch's kernel computes w -= lr / (1 - b1^s) m / (sqrt(v) / sqrt(1 - b2^s) + eps) from its
+    step count s; at `_SATURATED_STEP` both corrections are 1, so it computes Keras' update from
+    our alpha and epsilon, with no scalar that a captured graph would have to change.
+    """
     plan.kernel(
         plan.flat_weights,
         [_flat(gradient, weight) for gradient, weight in zip(gradients, plan.weights)],
         plan.momentums,
         plan.velocities,
         [],
-        [torch.full((), step, device=device)] * len(gradients),
-        lr=float(optimizer.learning_rate),
-        beta1=beta_1,
-        beta2=beta_2,
+        plan.state_steps,
+        lr=step_size,
+        beta1=float(optimizer.beta_1),
+        beta2=float(optimizer.beta_2),
         weight_decay=0.0,
-        eps=float(optimizer.epsilon) / math.sqrt(1.0 - beta_2**step),
+        eps=float(optimizer.epsilon),
         amsgrad=False,
         maximize=False,
     )

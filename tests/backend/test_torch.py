@@ -408,3 +408,213 @@ def test_fused_update_is_keras_adam(kind):
     for ours, keras_value in zip(*runs):
         np.testing.assert_allclose(ours, keras_value, rtol=1e-5, atol=1e-7)
     assert not np.allclose(runs[0][0], start[0])
+
+
+# Issue 24: the fused step reads no device value on the host, and its body runs as a CUDA graph.
+
+
+@torch_only
+@pytest.mark.parametrize(
+    "schedule, warmup", [("constant", 0), ("constant", 7), ("cosine", 0), ("cosine", 9)]
+)
+def test_host_learning_rate_is_keras_schedule(schedule, warmup):
+    # The learning rate the step computes on the host (NumPy float32) against Keras' schedule
+    # (float32 torch ops), through warm-up, the cosine and past its end.
+    from keras_ddpm.optimizers import make_learning_rate
+
+    config = dataclasses.replace(
+        get_preset("tiny").train, lr_schedule=schedule, warmup_steps=warmup, train_steps=60
+    )
+    learning_rate = make_learning_rate(config)
+    steps = range(80)
+    keras_values = [float(ops.convert_to_numpy(learning_rate(step))) for step in steps]
+    host_values = [torch_backend.learning_rate_on_host(learning_rate, step) for step in steps]
+    # Within 1e-6 of each value or of the peak: at the cosine's tail 1 + cos(pi x) cancels, and
+    # NumPy's float32 cos and torch's differ there by an ulp (a few 1e-8 of the peak).
+    peak = config.learning_rate
+    np.testing.assert_allclose(host_values, keras_values, rtol=1e-6, atol=1e-6 * peak)
+    assert len(set(keras_values)) >= (1 if schedule == "constant" and warmup == 0 else warmup)
+    # A schedule it has no formula for: Keras' own, evaluated on the CPU.
+    other = keras.optimizers.schedules.ExponentialDecay(1e-3, 10, 0.5)
+    assert torch_backend.learning_rate_on_host(other, 13) == float(ops.convert_to_numpy(other(13)))
+
+
+@torch_only
+@pytest.mark.parametrize("power", [0.0, 2 / 3, 0.75])
+def test_host_ema_decay_is_ema_decay_at(power):
+    model = DiffusionModel(
+        get_preset("tiny").replace(ema_decay=0.9999, ema_warmup_power=power), seed=0
+    )
+    for iterations in range(0, 3000, 7):
+        expected = float(ops.convert_to_numpy(model.ema_decay_at(iterations)))
+        host = torch_backend.ema_decay_on_host(model.config.train, iterations)
+        np.testing.assert_allclose(host, expected, rtol=1e-6, atol=0)
+
+
+def tiny_model(**overrides):
+    """A randomised tiny model trained with a warm-up and an EMA warm-up (both change with the
+    step), compiled."""
+    config = get_preset("tiny").replace(warmup_steps=5, ema_warmup_power=0.75, **overrides)
+    model = randomize_weights(DiffusionModel(config, seed=0), seed=1)
+    model.compile()
+    return model
+
+
+def train_steps(model, count, seed=2):
+    """`count` training steps of `model` (fit's `train_step`) on fixed batches; their losses."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    losses = []
+    for _ in range(count):
+        images = torch.from_numpy(rng.uniform(-1, 1, (4, 16, 16, 1)).astype("float32"))
+        model.train_step((images,))
+        losses.append(float(model.loss_tracker.result()))
+    return losses
+
+
+def state(model):
+    """Every variable of the model and its optimizer (weights, EMA, Adam's moments, iterations,
+    seed states), as NumPy arrays."""
+    return [ops.convert_to_numpy(v) for v in model.variables + model.optimizer.variables]
+
+
+@contextlib.contextmanager
+def host_reads():
+    """Records where the torch step reads a tensor's value on the host (`float()`, `int()`,
+    `bool()`, `.item()`, `.tolist()`, `.numpy()`): the file:line of each read made outside Keras'
+    random draws (keras/src/backend/torch/random.py seeds a torch.Generator from `int(seed)`)."""
+    import sys
+    import traceback
+
+    import torch
+
+    reads = []
+    names = ("__float__", "__int__", "__bool__", "__index__", "item", "tolist", "numpy")
+    originals = {name: getattr(torch.Tensor, name) for name in names}
+
+    def wrap(name):
+        original = originals[name]
+
+        def read(self, *args, **kwargs):
+            stack = traceback.extract_stack(sys._getframe(1))
+            if not any("random" in frame.filename and "keras" in frame.filename for frame in stack):
+                reads.append(f"{name} at {stack[-1].filename}:{stack[-1].lineno}")
+            return original(self, *args, **kwargs)
+
+        return read
+
+    for name in names:
+        setattr(torch.Tensor, name, wrap(name))
+    try:
+        yield reads
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+
+
+@torch_only
+def test_fused_step_reads_no_device_value():
+    # After the first step (which builds the step plan and reads `optimizer.iterations` once), a
+    # step reads nothing on the host: not the step, the learning rate or the EMA decay.
+    model = tiny_model()
+    train_steps(model, 1)
+    assert model._torch_step_plan.adam.fused
+    import torch
+
+    images = torch.zeros((4, 16, 16, 1))
+    with host_reads() as reads:
+        for _ in range(3):
+            model.train_step((images,))
+    assert reads == []
+    assert int(model.optimizer.iterations) == 4
+
+
+@torch_only
+def test_host_step_counter_follows_assignments_and_restores():
+    # The plan's host counter is read again whenever `optimizer.iterations` was written by anyone
+    # else (torch's version counter): restoring an earlier state in place, the model continues
+    # exactly as a run that never went further.
+    straight = tiny_model()
+    train_steps(straight, 3)
+    train_steps(straight, 4, seed=5)
+    model = tiny_model()
+    train_steps(model, 3)
+    saved = state(model)
+    train_steps(model, 2, seed=9)  # steps that the restore undoes
+    assert model._torch_step_plan.adam.iterations() == 5
+    for variable, value in zip(model.variables + model.optimizer.variables, saved):
+        variable.assign(value)
+    assert model._torch_step_plan.adam.iterations() == 3
+    train_steps(model, 4, seed=5)
+    for ours, expected in zip(state(model), state(straight)):
+        np.testing.assert_array_equal(ours, expected)
+    model.optimizer.iterations.assign(40)  # e.g. a checkpoint's step
+    assert model._torch_step_plan.adam.iterations() == 40
+
+
+@torch_only
+def test_untested_torch_reads_the_step_every_time(monkeypatch):
+    # Without torch's version counter (an untested torch), the counter is read at every step.
+    model = tiny_model()
+    train_steps(model, 2)
+    monkeypatch.setattr(torch_backend.internals, "tensor_version", lambda tensor: None)
+    plan = model._torch_step_plan.adam
+    model.optimizer.iterations.value.data.fill_(11)  # in place, unseen by the version counter
+    assert plan.iterations() == 11
+
+
+def graphed_on_cpu(model, warmup):
+    """`model`'s `_GraphedStep` run on a CPU: the captured body (`_GraphedStep.body`, static
+    buffers and tensor scalars) run at each "replay", uncaptured."""
+    plan = model._torch_step_plan
+    graphed = torch_backend._GraphedStep(model, plan)
+    graphed.WARMUP = warmup
+    graphed._warm_up = lambda inputs, scalars: torch_backend._step_body(
+        model, plan, inputs, scalars
+    )
+
+    def capture(inputs):
+        graphed.static_inputs = [None if x is None else x.clone() for x in inputs]
+
+        def replay():
+            graphed.static_loss = graphed.body()
+
+        graphed.replay = replay
+        return True
+
+    graphed._capture = capture
+    plan.graph = graphed
+    return graphed
+
+
+@torch_only
+@pytest.mark.parametrize("kind", ["adam", "adamw"])
+def test_captured_step_body_is_the_eager_step(kind):
+    # The step body a CUDA graph holds (static input buffers, Adam's step size and the EMA weight
+    # as device tensors), run on a CPU uncaptured, against the eager step: the same losses,
+    # weights, EMA weights and Adam moments, step by step.
+    overrides = dict(optimizer=kind, weight_decay=0.05 if kind == "adamw" else 0.0)
+    eager, graphed = tiny_model(**overrides), tiny_model(**overrides)
+    train_steps(eager, 1)
+    train_steps(graphed, 1)
+    runner = graphed_on_cpu(graphed, warmup=1)
+    losses = [train_steps(eager, 5, seed=3), train_steps(graphed, 5, seed=3)]
+    assert runner.static_inputs is not None and runner.steps == 1  # warmed up, then replayed
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-6)
+    for ours, expected in zip(state(graphed), state(eager)):
+        np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-7)
+    assert int(graphed.optimizer.iterations) == 6
+
+
+@torch_only
+def test_cuda_graph_option_on_a_cpu(capsys):
+    # On a CPU with the default option, no graph and no message; asked for, one line saying why.
+    model = tiny_model()
+    train_steps(model, 1)
+    assert model._torch_step_plan.graph is None
+    assert "CUDA graphs" not in capsys.readouterr().err
+    model = tiny_model(cuda_graph="on")
+    train_steps(model, 2)
+    assert model._torch_step_plan.graph is None
+    assert capsys.readouterr().err.count("CUDA graphs: the model is on cpu") <= 1
