@@ -31,13 +31,18 @@ BATCH = 128
 TRACED_STEPS = 5
 
 
-def keras_model():
+def keras_model(args):
     import keras
 
     import keras_ddpm
 
     keras.config.set_dtype_policy("mixed_bfloat16")
-    model = keras_ddpm.DiffusionModel.from_preset("ddpm_cifar10", seed=0)
+    # --dropout 0: the PyTorch step can be captured as one CUDA graph (Keras' torch dropout seeds
+    # its generator from a device value at every call, which capture cannot record).
+    options = {} if args.dropout is None else {"dropout": args.dropout}
+    model = keras_ddpm.DiffusionModel.from_preset(
+        "ddpm_cifar10", seed=0, cuda_graph=args.cuda_graph, **options
+    )
     model.compile()
     return model
 
@@ -48,7 +53,8 @@ def images(batch):
 
 def fit_ms(model, batch, steps):
     data = np.repeat(images(batch), steps, axis=0)
-    model.fit(data[: 3 * batch], batch_size=batch, verbose=0, shuffle=False)  # compiles
+    # Compiles (JAX), or runs PyTorch's 3 eager warm-up steps and captures its CUDA graph.
+    model.fit(data[: 4 * batch], batch_size=batch, verbose=0, shuffle=False)
     start = time.perf_counter()
     model.fit(data, batch_size=batch, verbose=0, shuffle=False)
     return (time.perf_counter() - start) / steps * 1e3
@@ -57,7 +63,7 @@ def fit_ms(model, batch, steps):
 def profile_jax(args):
     import jax
 
-    model = keras_model()
+    model = keras_model(args)
     print(f"fit:     {fit_ms(model, args.batch_size, args.steps):.1f} ms a step", flush=True)
     step = jax.jit(model.train_step, donate_argnums=0)  # as Keras' JAX trainer jits it
     state = tuple(
@@ -151,7 +157,7 @@ def print_torch_kernels(run):
 
 
 def profile_torch(args):
-    model = keras_model()
+    model = keras_model(args)
     print(f"fit:     {fit_ms(model, args.batch_size, args.steps):.1f} ms a step", flush=True)
     batch = images(args.batch_size)
 
@@ -189,6 +195,15 @@ def main():
     )
     parser.add_argument("--batch-size", type=int, default=BATCH)
     parser.add_argument("--steps", type=int, default=30, help="timed steps")
+    parser.add_argument(
+        "--dropout", type=float, default=None, help="the UNet's dropout (default: the preset's)"
+    )
+    parser.add_argument(
+        "--cuda-graph",
+        choices=["auto", "on", "off"],
+        default="on",
+        help="PyTorch: the training step as one CUDA graph (on: say why where it is not)",
+    )
     args = parser.parse_args()
     import torch
 
