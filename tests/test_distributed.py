@@ -34,8 +34,10 @@ labels = np.arange(8, dtype="int32") % 3
 def one_step(distribute):
     with training.distribution_scope(distribute):
         model = randomize_weights(DiffusionModel.from_preset("tiny", num_classes=3, seed=7), seed=1)
-        # The 1-device reference step eagerly on TensorFlow (same numbers, no trace to wait for).
-        model.compile(run_eagerly=distribute == "none" and keras.backend.backend() == "tensorflow")
+        # Eagerly on TensorFlow, the mirrored step too (MirroredStrategy.run then calls the step
+        # in one thread per device; the same numbers, no trace to wait for: the traced step under
+        # a strategy is tests/test_multi_worker.py's).
+        model.compile(run_eagerly=keras.backend.backend() == "tensorflow")
         history = model.fit(images, labels, batch_size=8, epochs=1, shuffle=False, verbose=0)
         weights = [ops.convert_to_numpy(w) for w in model.network.weights]
         ema = [ops.convert_to_numpy(w) for w in model.ema_network.weights]
