@@ -314,7 +314,7 @@ def main():
     parser.add_argument("--profile-steps", type=int, default=5)
     parser.add_argument("--pair", choices=["yes", "no"], default="yes")
     parser.add_argument("--steps-per-execution", type=int, default=1, help="steps a fit call")
-    parser.add_argument("--jax-pack-state", choices=["yes", "no"], default="yes")
+    parser.add_argument("--jax-pack-state", choices=["yes", "no"], default="no")
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument(
         "--threads",

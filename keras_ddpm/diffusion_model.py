@@ -217,6 +217,11 @@ class DiffusionModel(keras.Model):
     def train_step(self, *args):
         return backend.train_step(self, *args)
 
+    def make_train_function(self, force=False):
+        # JAX: several steps in one compiled call (`backend.make_train_function`); else Keras'.
+        made = backend.make_train_function(self, force)
+        return made if made is not None else super().make_train_function(force)
+
     def ema_decay_at(self, iterations):
         """The EMA decay after optimizer update number `iterations` (1-based).
 

@@ -209,6 +209,9 @@ def fit(model, dataset, config, callbacks=(), writer=None, run_lock=None):
         if start >= total_steps:
             latest = manager.latest()
             return TrainResult(start, False, None, latest[1] if latest else None)
+        _check_steps_per_execution(
+            config, getattr(model, "steps_per_execution", 1), total_steps - start
+        )
         checkpoint = Checkpoint(manager, config.checkpoint_every)
         run_callbacks = [*callbacks, MetricsLogger(writer, config.log_every, config.batch_size)]
         if config.sample_every:
@@ -245,6 +248,28 @@ def fit(model, dataset, config, callbacks=(), writer=None, run_lock=None):
     step = checkpoint.step
     newest = checkpoint.saved[-1][1] if checkpoint.saved else None
     return TrainResult(step, step < total_steps, history, newest)
+
+
+def _check_steps_per_execution(config, per_call, left):
+    """ValueError (one sentence) where `per_call` steps a call (`--steps-per-execution`) do not
+    divide the steps left to train or an interval of the callbacks: they see one batch end per
+    call (Keras' TensorFlow trainer and keras_ddpm's JAX one), so they would skip a step they
+    wait for, and the last call would train past the planned steps."""
+    if per_call <= 1:
+        return
+    intervals = {
+        "the steps left to train": left,
+        "--log-every": config.log_every,
+        "--checkpoint-every": config.checkpoint_every,
+        "--sample-every": config.sample_every,
+        "--fid-every": getattr(config, "fid_every", 0),
+    }
+    wrong = [f"{name} {value}" for name, value in intervals.items() if value and value % per_call]
+    if wrong:
+        raise ValueError(
+            f"--steps-per-execution {per_call} must divide {', '.join(wrong)}: callbacks run "
+            "once per call of that many steps."
+        )
 
 
 @dataclasses.dataclass(frozen=True)

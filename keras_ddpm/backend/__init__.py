@@ -341,6 +341,14 @@ def train_step(model, *args):
     return _framework().train_step(model, *args)
 
 
+def make_train_function(model, force=False):
+    """The backend's own train function for `fit` (`model.train_function`, set and returned),
+    or None where Keras' trainer makes its own. JAX: `steps_per_execution` steps as one compiled
+    call, the state carried between calls in few flat buffers (`jax.make_train_function`)."""
+    own = _own("make_train_function")
+    return own(model, force) if own else None
+
+
 def compile_inference(fn, variables, jit_compile=False):
     """Compiles `fn(*tensors)`, which reads (never writes) `variables`, for repeated calls.
 

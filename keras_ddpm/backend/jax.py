@@ -1,6 +1,7 @@
 """The JAX backend: its stateless training step (`jax.value_and_grad`), `jax.jit` compilation of
 inference and sampling loops, `keras.distribution.DataParallel`, and XLA's CPU flags."""
 
+import collections.abc
 import functools
 import math
 import os
@@ -246,3 +247,234 @@ def compute_dtype_problem(dtype):
         platform = jax.devices()[0].platform
         return f"JAX {jax.__version__} cannot train in {dtype} on this {platform} ({reason})."
     return None
+
+
+# Several steps per compiled call, and the state packed into few arrays between calls.
+
+# Whether `make_train_function` carries the training state between calls packed into one flat
+# buffer per dtype (`_Layout`), 3 arrays for the tiny preset in place of 580; off (the default),
+# it hands Keras' four lists of arrays back and forth as Keras' own train function does. Off
+# until measured on a GPU: on XLA's CPU backend the packed program took longer to compile, and
+# unpacking at a sync is one more compilation (docs/performance.md), since slicing each variable
+# out of a buffer and concatenating the results is a copy per array inside the program.
+PACK_STATE = False
+# How many steps each iteration of the on-device loop runs (`lax.scan`'s `unroll`); None: all of
+# them (no loop) on XLA's CPU backend, where a step inside the loop ran slower than a step on its
+# own (docs/performance.md), and 1 elsewhere, where unrolling would multiply the compile time.
+SCAN_UNROLL = None
+
+
+def make_train_function(model, force=False):
+    """Sets `model.train_function` to one compiled call per `steps_per_execution` batches and
+    returns it; None where Keras' own train function is kept (run eagerly, no jit, Flax NNX, or
+    one step a call with the state unpacked).
+
+    Keras' JAX trainer (keras/src/backend/jax/trainer.py, Keras 3.15: `_make_function`) runs
+    `steps_per_execution` batches as a Python loop of jitted single steps, and every call hands
+    over the four state lists (trainable, non-trainable, optimizer and metrics variables) as
+    separate arrays. Here the iterator's next N batches go into one `jax.jit` call, a
+    `lax.scan` of `model.train_step` over them (unrolled on a CPU, `SCAN_UNROLL`; a short last
+    group, where the iterator runs out, is a scan over fewer: a second compilation); the state
+    is donated, as Keras donates it. Callbacks see one `on_train_batch_end` per call, as with
+    Keras' TensorFlow trainer.
+
+    With `PACK_STATE` (off by default) and no distribution set, the state crosses the host
+    boundary as one flat buffer per dtype: the call returns `_PackedPart`s in place of Keras'
+    four lists, which Keras' `fit` keeps as its state (`_jax_state`) and passes back to the next
+    call unchanged; only where Keras reads them (`jax_state_sync`: a callback asking for
+    `model`, the end of an epoch) are they unpacked into arrays, by one more compiled call.
+    """
+    if model.train_function is not None and not force:
+        return model.train_function
+    count = model.steps_per_execution
+    distributed = keras.distribution.distribution() is not None
+    pack = PACK_STATE and not distributed
+    if model.run_eagerly or not model.jit_compile or keras.config.is_nnx_enabled():
+        return None
+    if count == 1 and not pack:
+        return None
+    out_shardings = None
+    if distributed:  # the variables keep their layouts, as in Keras' `make_train_function`
+        out_shardings = (None, _state_shardings(model))
+
+    def steps(state, batches):
+        """`len(batches)` training steps, one after another in one program."""
+        stacked = jax.tree_util.tree_map(lambda *xs: jax.numpy.stack(xs), *batches)
+
+        def body(state, data):
+            logs, new_state = model.train_step(state, data)
+            # The carry keeps its structure and dtypes (Python floats would make weak types).
+            new_state = tuple(
+                [jax.numpy.asarray(new, old.dtype) for new, old in zip(new_part, old_part)]
+                for new_part, old_part in zip(new_state, state)
+            )
+            return new_state, logs
+
+        state = tuple(list(part) for part in state)
+        unroll = SCAN_UNROLL
+        if unroll is None:
+            unroll = len(batches) if jax.default_backend() == "cpu" else 1
+        state, logs = jax.lax.scan(body, state, stacked, unroll=unroll)
+        return jax.tree_util.tree_map(lambda x: x[-1], logs), state
+
+    if pack:
+        layouts = {}
+
+        def packed_steps(packed, batches):  # the layout is static: `_Packed`'s pytree aux data
+            logs, state = steps(packed.layout.unpack(packed.buffers), batches)
+            return logs, _Packed(packed.layout, packed.layout.pack(state))
+
+        jitted = jax.jit(packed_steps, donate_argnums=0)
+
+        def run(state, batches):
+            if isinstance(state[0], _PackedPart):  # what the previous call returned
+                packed = state[0].packed
+            else:  # Keras' lists of arrays: at the start of `fit`, or after a sync
+                key = _Layout.key_of(state)
+                if key not in layouts:
+                    layouts[key] = _Layout(state)
+                packed = layouts[key].pack_arrays(state)
+            logs, packed = train_function.compiled(packed, batches)
+            return logs, packed.parts()
+
+    else:
+        jitted = jax.jit(steps, donate_argnums=0, out_shardings=out_shardings)
+
+        def run(state, batches):
+            return train_function.compiled(state, batches)
+
+    def train_function(state, iterator):
+        batches = [next(iterator)]  # StopIteration: the epoch is over (Keras' `fit` catches it)
+        for _ in range(count - 1):
+            try:
+                batches.append(next(iterator))
+            except StopIteration:  # a short last group
+                break
+        logs = None
+        for group in _uniform_runs(batches):  # a smaller last batch of an array dataset
+            logs, state = run(state, group)
+        return logs, state
+
+    # The jitted function each call runs, once per group of batches of one shape: its arguments
+    # are the arrays that cross the host boundary (tests count them, and its calls).
+    train_function.compiled = jitted
+    model.train_function = train_function
+    return train_function
+
+
+def _state_shardings(model):
+    """The shardings of Keras' four state lists (as `JAXTrainer._get_state_sharding_spec`)."""
+    optimizer_variables = model.optimizer.variables if model.optimizer is not None else []
+    return tuple(
+        [v.value.sharding for v in variables]
+        for variables in (
+            model.trainable_variables,
+            model.non_trainable_variables,
+            optimizer_variables,
+            model.metrics_variables,
+        )
+    )
+
+
+def _uniform_runs(batches):
+    """`batches` cut into runs of consecutive batches whose arrays have the same shapes (so each
+    run stacks)."""
+
+    def shapes(batch):
+        return [(x.shape, x.dtype) for x in jax.tree_util.tree_leaves(batch)]
+
+    runs = [[batches[0]]]
+    for batch in batches[1:]:
+        if shapes(batch) == shapes(runs[-1][0]):
+            runs[-1].append(batch)
+        else:
+            runs.append([batch])
+    return runs
+
+
+class _Layout:
+    """Where each array of Keras' four state lists lies in one flat buffer per dtype."""
+
+    def __init__(self, state):
+        self.lengths = tuple(len(part) for part in state)
+        self.dtypes = sorted({str(x.dtype) for part in state for x in part})
+        offsets = dict.fromkeys(self.dtypes, 0)
+        self.places = []  # (buffer index, offset, shape), part after part
+        for part in state:
+            for x in part:
+                dtype = str(x.dtype)
+                self.places.append((self.dtypes.index(dtype), offsets[dtype], tuple(x.shape)))
+                offsets[dtype] += math.prod(x.shape)
+        self.sizes = [offsets[dtype] for dtype in self.dtypes]
+        self.pack_arrays = jax.jit(lambda state: _Packed(self, self.pack(state)))
+        self.unpack_arrays = jax.jit(self.unpack)
+
+    @staticmethod
+    def key_of(state):
+        return tuple(tuple((tuple(x.shape), str(x.dtype)) for x in part) for part in state)
+
+    def pack(self, state):
+        """The flat buffers of `state` (inside a compiled function)."""
+        pieces = [[] for _ in self.dtypes]
+        leaves = [x for part in state for x in part]
+        for x, (buffer, _, _) in zip(leaves, self.places):
+            pieces[buffer].append(jax.numpy.ravel(x))
+        return tuple(
+            jax.numpy.concatenate(p) if p else jax.numpy.zeros((0,), dtype)
+            for p, dtype in zip(pieces, self.dtypes)
+        )
+
+    def unpack(self, buffers):
+        """Keras' four lists of arrays, sliced out of `buffers` (inside a compiled function)."""
+        leaves = [
+            jax.lax.slice(buffers[buffer], (offset,), (offset + math.prod(shape),)).reshape(shape)
+            for buffer, offset, shape in self.places
+        ]
+        parts, start = [], 0
+        for length in self.lengths:
+            parts.append(leaves[start : start + length])
+            start += length
+        return tuple(parts)
+
+
+@jax.tree_util.register_pytree_node_class
+class _Packed:
+    """The training state as `_Layout` packs it: `buffers`, one flat array per dtype."""
+
+    def __init__(self, layout, buffers):
+        self.layout = layout
+        self.buffers = buffers
+        self._unpacked = None
+
+    def tree_flatten(self):
+        return tuple(self.buffers), self.layout
+
+    @classmethod
+    def tree_unflatten(cls, layout, buffers):
+        return cls(layout, tuple(buffers))
+
+    def parts(self):
+        """Four `_PackedPart`s in place of Keras' four state lists."""
+        return tuple(_PackedPart(self, index) for index in range(len(self.layout.lengths)))
+
+    def unpacked(self):
+        """Keras' four lists of arrays (one compiled call, made once)."""
+        if self._unpacked is None:
+            self._unpacked = self.layout.unpack_arrays(self.buffers)
+        return self._unpacked
+
+
+class _PackedPart(collections.abc.Sequence):
+    """One of Keras' four state lists, read from a `_Packed` state when indexed or iterated (as
+    `JAXTrainer.jax_state_sync` zips it with the variables); a pytree of no arrays (Keras' state
+    structure stays a tuple of four items)."""
+
+    def __init__(self, packed, index):
+        self.packed = packed
+        self.index = index
+
+    def __len__(self):
+        return self.packed.layout.lengths[self.index]
+
+    def __getitem__(self, item):
+        return self.packed.unpacked()[self.index][item]
