@@ -37,6 +37,13 @@ class DiffusionModel(keras.Model):
         self.seed = seed
         self._recorded_steps = trained_steps
         self.schedule = NoiseSchedule.from_config(self.config.diffusion)
+        # q_sample's coefficient tables as float32 tensors, made once and outside any trace (a
+        # traced step captures them): converting the NumPy table at every step was a copy from
+        # host memory on PyTorch, which a CUDA-graph capture of the step cannot record.
+        self._q_tables = {
+            name: ops.convert_to_tensor(getattr(self.schedule, name).astype(np.float32))
+            for name in ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod")
+        }
         # kernel_initializer (not saved): "zeros" where every weight is set next (an imported
         # checkpoint's), skipping the random draws; see `build_unet`.
         self.network = build_unet(self.config.unet, "network", kernel_initializer)
@@ -128,17 +135,16 @@ class DiffusionModel(keras.Model):
 
     # Training.
 
-    def _gather(self, array, timesteps):
-        """Coefficient `array[t]` for each example, shaped to broadcast over (N, H, W, C)."""
-        return ops.take(ops.convert_to_tensor(array.astype(np.float32)), timesteps)[
-            :, None, None, None
-        ]
+    def _gather(self, name, timesteps):
+        """The schedule's coefficient `name` at t for each example, shaped to broadcast over
+        (N, H, W, C)."""
+        return ops.take(self._q_tables[name], timesteps)[:, None, None, None]
 
     def q_sample(self, x_start, timesteps, noise):
         """x_t ~ q(x_t | x_0), DDPM eq. 4: sqrt(a_t) x_0 + sqrt(1 - a_t) eps."""
         return (
-            self._gather(self.schedule.sqrt_alphas_cumprod, timesteps) * x_start
-            + self._gather(self.schedule.sqrt_one_minus_alphas_cumprod, timesteps) * noise
+            self._gather("sqrt_alphas_cumprod", timesteps) * x_start
+            + self._gather("sqrt_one_minus_alphas_cumprod", timesteps) * noise
         )
 
     def compute_diffusion_loss(self, images, labels=None, training=True):
@@ -202,8 +208,8 @@ class DiffusionModel(keras.Model):
             target = images
         else:
             target = (
-                self._gather(self.schedule.sqrt_alphas_cumprod, timesteps) * noise
-                - self._gather(self.schedule.sqrt_one_minus_alphas_cumprod, timesteps) * images
+                self._gather("sqrt_alphas_cumprod", timesteps) * noise
+                - self._gather("sqrt_one_minus_alphas_cumprod", timesteps) * images
             )
         return ops.mean(ops.square(output - target))
 

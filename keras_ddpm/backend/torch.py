@@ -521,7 +521,6 @@ class _GraphedStep:
         if reason:
             _say_once(f"CUDA graphs: not captured ({reason}); eager steps.")
             return None
-        _cache_schedule_tables(model)
         return cls(model, plan)
 
     def run(self, plan, inputs, scalars):
@@ -601,28 +600,6 @@ def _uncapturable(model, plan):
     if dropped:  # keras/src/backend/torch/random.py: int(seed) per draw
         return "dropout seeds its generator from a device value at every call (Keras' torch random)"
     return None
-
-
-def _cache_schedule_tables(model):
-    """`DiffusionModel._gather` converts its NumPy table to a device tensor at every call (a copy
-    from host memory that waits for the device, which capture forbids); on this model, the
-    converted tables are kept on the device instead (the same float32 values)."""
-    gather = model._gather
-    if hasattr(gather, "original"):  # cached already (a plan made again)
-        return
-    tables = {}
-
-    def cached_gather(array, timesteps):
-        kept = tables.get(id(array))
-        if kept is None or kept[0] is not array:
-            kept = tables[id(array)] = (
-                array,
-                keras.ops.convert_to_tensor(array.astype(np.float32)),
-            )
-        return keras.ops.take(kept[1], timesteps)[:, None, None, None]
-
-    cached_gather.original = gather
-    model._gather = cached_gather
 
 
 def _moment_views(moments, weights):
