@@ -200,7 +200,7 @@ class DiffusionModel(keras.Model):
         """`compute_diffusion_loss` for given draws (`training_draws`); images float32."""
         x_t = self.q_sample(images, timesteps, noise)
         inputs = [x_t, timesteps] if labels is None else [x_t, timesteps, labels]
-        output = ops.cast(self.network(inputs, training=training), "float32")
+        output = ops.cast(backend.call_network(self.network, inputs, training), "float32")
         prediction = self.config.diffusion.prediction
         if prediction == "epsilon":
             target = noise
@@ -295,17 +295,17 @@ class DiffusionModel(keras.Model):
 
         def model_fn(x_t, timesteps, labels, guidance):
             if labels is None:
-                return network([x_t, timesteps], training=False)
+                return backend.call_network(network, [x_t, timesteps])
             if not guided:
-                return network([x_t, timesteps, labels], training=False)
+                return backend.call_network(network, [x_t, timesteps, labels])
             null = ops.full(ops.shape(labels), self.num_classes, dtype="int32")
-            both = network(
+            both = backend.call_network(
+                network,
                 [
                     ops.concatenate([x_t, x_t]),
                     ops.concatenate([timesteps, timesteps]),
                     ops.concatenate([labels, null]),
                 ],
-                training=False,
             )
             conditional, unconditional = ops.split(both, 2)
             return samplers.guided_output(conditional, unconditional, guidance)

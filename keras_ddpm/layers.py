@@ -100,6 +100,8 @@ class GroupNormalization(layers.GroupNormalization):
             y = backend.group_norm_nhwc(inputs, self.groups, self.gamma, self.beta, self.epsilon)
         if y is None:
             return super().call(inputs)
+        if keras.backend.standardize_dtype(y.dtype) == self.compute_dtype:
+            return y
         return ops.cast(y, self.compute_dtype)
 
 
@@ -248,14 +250,13 @@ class AttentionBlock(layers.Layer):
         shape = ops.shape(x)  # height and width may be unknown (None) while TensorFlow traces
         channels = x.shape[-1]
         h = self.norm.call(x)  # sublayers through `.call`, as in ResidualBlock
-        # (N, H*W, heads=1, C): the layout keras.ops.dot_product_attention expects.
-        q, k, v = (
-            ops.reshape(dense.call(h), (shape[0], -1, 1, channels))
-            for dense in (self.q, self.k, self.v)
-        )
-        h = ops.dot_product_attention(q, k, v)  # scaled by 1/sqrt(C)
-        h = ops.reshape(h, shape)
-        return x + self.proj_out.call(h)
+        q, k, v = (dense.call(h) for dense in (self.q, self.k, self.v))
+        y = backend.attention_nhwc(q, k, v)
+        if y is None:
+            # (N, H*W, heads=1, C): the layout keras.ops.dot_product_attention expects.
+            q, k, v = (ops.reshape(t, (shape[0], -1, 1, channels)) for t in (q, k, v))
+            y = ops.reshape(ops.dot_product_attention(q, k, v), shape)  # scaled by 1/sqrt(C)
+        return x + self.proj_out.call(y)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -374,6 +374,15 @@ def compile_loop(fn, variables, jit_compile=None):
     return compile_inference(fn, variables)
 
 
+def call_network(network, inputs, training=False):
+    """`network(inputs, training=training)` (a functional model, `inputs` a list). PyTorch runs
+    the graph's layers through their `call` directly where that changes nothing
+    (`torch.call_network`: float32 layers, tensor inputs): an eager step's Python time."""
+    own = _own("call_network")
+    outputs = own(network, inputs, training) if own else None
+    return network(inputs, training=training) if outputs is None else outputs
+
+
 # Layer kernels: where the backend has its own, faster kernel for a layer of `keras_ddpm.layers`
 # (PyTorch, on NHWC data without Keras' layout copies), these return its result; None where the
 # layer should run Keras' own `call`.
@@ -406,6 +415,13 @@ def group_norm_nhwc(x, groups, gamma, beta, epsilon):
     None."""
     own = _own("group_norm_nhwc")
     return own(x, groups, gamma, beta, epsilon) if own else None
+
+
+def attention_nhwc(q, k, v):
+    """Single-head softmax(q k^T / sqrt(C)) v over all positions of NHWC `q`, `k`, `v` (an
+    output of their shape), or None."""
+    own = _own("attention_nhwc")
+    return own(q, k, v) if own else None
 
 
 def upsample_nearest_nhwc(x, factor):

@@ -8,6 +8,7 @@ so that its caller takes the plain path. A new release then makes keras_ddpm slo
 
 import collections
 import functools
+import inspect
 import re
 
 import keras
@@ -95,6 +96,37 @@ def learning_rate_schedule(optimizer):
     if learning_rate is not None:
         return learning_rate
     return keras.saving.deserialize_keras_object(optimizer.get_config()["learning_rate"])
+
+
+def run_functional(model, inputs, call):
+    """The output of functional `model` on `inputs` (a list, in `model.inputs`' order), each node
+    of its graph computed by `call(operation, *args, **kwargs)` in place of Keras' call of the
+    operation. None where this Keras is untested or `model` is not functional: the caller then
+    calls `model`. Keras' graph walk is private (`Function._run_through_graph`)."""
+    run = _private(model, "_run_through_graph", keras_tested)
+    if run is None or not hasattr(model, "_nodes_by_depth"):
+        return None
+    outputs = run(inputs, operation_fn=lambda operation: functools.partial(call, operation))
+    return outputs[0] if isinstance(outputs, (list, tuple)) and len(outputs) == 1 else outputs
+
+
+def autocast_scope_open():
+    """Whether a Keras autocast scope (a mixed-precision layer's call) is open; True where this
+    Keras is untested, so that the caller keeps Keras' own calls."""
+    if not keras_tested():
+        return True
+    from keras.src import backend
+
+    return backend.get_autocast_scope() is not None
+
+
+def call_accepts_training(layer):
+    """Whether `layer.call` takes a `training` argument (Keras' `_call_has_training_arg`, or the
+    signature of `call`)."""
+    accepts = _private(layer, "_call_has_training_arg", keras_tested)
+    if accepts is not None:
+        return accepts
+    return "training" in inspect.signature(layer.call).parameters
 
 
 AdamInternals = collections.namedtuple("AdamInternals", "momentums velocities apply_weight_decay")

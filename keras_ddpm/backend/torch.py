@@ -232,10 +232,11 @@ def train_step(model, data):
     return {"loss": model.loss_tracker.result()}
 
 
-def _forward_backward(model, inputs):
+def _forward_backward(model, plan, inputs):
     """The loss of a step and its gradients in each weight's `.grad` (`grad_accum` micro-batches:
     backward() adds each one's gradients to .grad, their sum / count)."""
-    model.zero_grad()
+    for weight in plan.adam.weights:  # model.zero_grad() walks every module for them
+        weight.grad = None
     count = model.config.train.grad_accum
     if count == 1:
         loss = model.diffusion_loss(*inputs, training=True)
@@ -262,7 +263,7 @@ def _step_body(model, plan, inputs, scalars):
     """One fused training step (forward, loss, backward, clipping, Adam, EMA, iterations + 1),
     with no host read of a device value: the loss, as a device tensor. The same function runs
     eagerly and under CUDA graph capture (`_GraphedStep`); `scalars`: `_StepScalars`."""
-    loss = _forward_backward(model, inputs)
+    loss = _forward_backward(model, plan, inputs)
     gradients = [weight.grad for weight in plan.adam.weights]
     with torch.no_grad():
         loss = _mean_over_workers(loss, gradients)
@@ -279,7 +280,7 @@ def _keras_update_step(model, inputs, plan):
     """The step for optimizers `_fused_update` leaves to Keras (another optimizer, loss scaling):
     Keras' update after our clipping, and the EMA decay read from `optimizer.iterations` as
     Keras increments it."""
-    loss = _forward_backward(model, inputs)
+    loss = _forward_backward(model, plan, inputs)
     gradients = [weight.grad for weight in plan.adam.weights]
     with torch.no_grad():
         loss = _mean_over_workers(loss, gradients)
@@ -738,6 +739,48 @@ def _fused_update(optimizer, gradients, plan, step_size):
 # contiguous NHWC tensor again: no copies.
 
 
+def call_network(network, inputs, training):
+    """`network(inputs, training=training)` for a functional `network` in float32 on torch
+    tensors, with each layer's `call` run directly: the graph's nodes skip `Layer.__call__`
+    (input conversion, masks, autocast scopes, the torch module hooks), which took about a
+    fifth of an eager step of a small network. Those steps change nothing here: every layer
+    computes in float32 (no autocast) and the inputs are already tensors of the network's input
+    dtypes. None (the caller calls `network`) where that does not hold."""
+    if not (_float32_layers(network) and _plain_inputs(network, inputs)):
+        return None
+    return internals.run_functional(
+        network, list(inputs), functools.partial(_call_directly, training=training)
+    )
+
+
+def _float32_layers(network):
+    """Whether every layer of `network` computes and stores in float32 (kept on the network
+    for its dtype policy)."""
+    key = network.dtype_policy.name
+    kept = getattr(network, "_keras_ddpm_float32_layers", None)
+    if kept is None or kept[0] != key:
+        layers = [network, *internals.flatten_layers(network)]
+        dtypes = {(layer.compute_dtype, layer.variable_dtype) for layer in layers}
+        kept = (key, dtypes == {("float32", "float32")})
+        object.__setattr__(network, "_keras_ddpm_float32_layers", kept)
+    return kept[1] and not internals.autocast_scope_open()
+
+
+def _plain_inputs(network, inputs):
+    return len(inputs) == len(network.inputs) and all(
+        torch.is_tensor(x) and keras.backend.standardize_dtype(x.dtype) == spec.dtype
+        for x, spec in zip(inputs, network.inputs)
+    )
+
+
+def _call_directly(operation, *args, training=None, **kwargs):
+    if not isinstance(operation, keras.layers.Layer):
+        return operation(*args, **kwargs)  # a Keras op in the graph (`ops.silu`, `+`)
+    if training is not None and internals.call_accepts_training(operation):
+        kwargs["training"] = training
+    return operation.call(*args, **kwargs)
+
+
 class ConvKernelLayout:
     """Wraps a Keras initializer: the (kh, kw, in, out) kernel it makes, with the same shape and
     values, stored in the memory order (out, kh, kw, in) of torch's channels_last kernel.
@@ -825,6 +868,16 @@ def _dense_product(x, kernel, bias):
     return y.reshape(*x.shape[:-1], kernel.shape[-1])
 
 
+def attention_nhwc(q, k, v):
+    """Single-head softmax(q k^T / sqrt(C)) v over all positions of NHWC `q`, `k`, `v`: torch's
+    `scaled_dot_product_attention` on views, as Keras' `dot_product_attention` computes it
+    after its reshapes and transposes."""
+    n, height, width, channels = q.shape
+    q, k, v = (t.reshape(n, 1, height * width, channels) for t in (q, k, v))
+    y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    return y.reshape(n, height, width, channels)
+
+
 def upsample_nearest_nhwc(x, factor):
     """Nearest-neighbour upsampling of NHWC `x` by an integer `factor` (torch's channels_last
     kernel; Keras' layer makes two copies)."""
@@ -836,7 +889,7 @@ def upsample_nearest_nhwc(x, factor):
 def group_norm_nhwc(x, groups, gamma, beta, epsilon):
     """GroupNorm over the last axis of NHWC `x` with Keras variables `gamma` and `beta`, in
     float32 (as Keras' own layer computes it): one fused kernel instead of Keras' reductions."""
-    gamma, beta = (keras.ops.cast(keras.ops.convert_to_tensor(w), "float32") for w in (gamma, beta))
+    gamma, beta = (getattr(w, "value", w).to(torch.float32) for w in (gamma, beta))
     return _group_norm(x, groups, gamma, beta, epsilon)
 
 

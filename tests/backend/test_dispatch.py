@@ -86,6 +86,7 @@ def test_layer_kernels_are_the_backends_own_or_none():
         "dense": backend.dense(x, dense_kernel, bias),
         "group_norm": backend.group_norm_nhwc(x, 3, gamma, beta, 1e-6),
         "upsample": backend.upsample_nearest_nhwc(x, 2),
+        "attention": backend.attention_nhwc(x, x, x),
     }
     if NAME != "torch":
         assert results == dict.fromkeys(results)
@@ -95,5 +96,8 @@ def test_layer_kernels_are_the_backends_own_or_none():
     assert tuple(results["dense"].shape) == (2, 4, 4, 5)
     assert tuple(results["group_norm"].shape) == (2, 4, 4, 3)
     assert tuple(results["upsample"].shape) == (2, 8, 8, 3)
+    flat = ops.reshape(x, (2, 16, 1, 3))  # Keras' layout: (N, positions, heads, C)
+    expected = ops.reshape(ops.dot_product_attention(flat, flat, flat), (2, 4, 4, 3))
+    np.testing.assert_allclose(results["attention"], expected, rtol=0, atol=1e-6)
     stored = backend.conv_kernel_initializer(initializer)((3, 3, 3, 5))
     assert tuple(stored.shape) == (3, 3, 3, 5) and not stored.is_contiguous()

@@ -185,3 +185,14 @@ def test_torch_training_through_the_public_fallback_equals_the_fused_path(tiny_i
         for a, b in zip(start.network.weights, plain_weights)
     )
     assert moved > 1e-4  # the steps changed the weights
+
+
+def test_functional_run_falls_back_where_keras_is_untested(untested_releases):
+    # An untested Keras: no private graph walk (the caller calls the model) and the training
+    # argument found from `call`'s signature.
+    network = build_unet(UNET)
+    assert internals.run_functional(network, [], lambda *args: None) is None
+    assert internals.autocast_scope_open()
+    blocks = [layer for layer in network.layers if "block" in layer.name]
+    assert blocks and all(internals.call_accepts_training(layer) for layer in blocks)
+    assert not internals.call_accepts_training(network.get_layer("conv_in"))

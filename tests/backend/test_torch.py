@@ -28,6 +28,7 @@ from keras_ddpm import layers
 from keras_ddpm import training
 from keras_ddpm.config import get_preset
 from keras_ddpm.optimizers import make_optimizer
+from keras_ddpm.unet import build_unet
 
 ON_TORCH = keras.backend.backend() == "torch"
 torch_only = pytest.mark.skipif(
@@ -618,3 +619,80 @@ def test_cuda_graph_option_on_a_cpu(capsys):
     train_steps(model, 2)
     assert model._torch_step_plan.graph is None
     assert capsys.readouterr().err.count("CUDA graphs: the model is on cpu") <= 1
+
+
+def direct_call_case(policy="float32"):
+    """A class-conditional tiny UNet with dropout under `policy` (random weights) and torch
+    inputs for it."""
+    import torch
+
+    config = dataclasses.replace(get_preset("tiny").unet, dropout=0.3, num_classes=3)
+    keras.config.set_dtype_policy(policy)
+    try:
+        network = build_unet(config)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    rng = np.random.default_rng(0)
+    for weight in network.trainable_weights:
+        weight.assign(rng.normal(0, 0.1, weight.shape) + ("gamma" in weight.path))
+    inputs = [
+        torch.as_tensor(rng.normal(size=(3, 16, 16, 1)).astype("float32")),
+        torch.as_tensor([0, 40, 99], dtype=torch.int32),
+        torch.as_tensor([0, 2, 3], dtype=torch.int32),
+    ]
+    return network, inputs
+
+
+@torch_only
+@pytest.mark.parametrize("training", [True, False])
+def test_direct_layer_calls_equal_keras_calls(training):
+    # The graph run with each layer's `call` (skipping `Layer.__call__`): the same output and
+    # gradients as Keras' call of the network, dropout's draws included (Keras' torch dropout
+    # without a seed draws from torch's global generator, seeded the same for both).
+    import torch
+
+    network, inputs = direct_call_case()
+
+    def output_and_gradients(call):
+        torch.manual_seed(0)
+        for weight in network.trainable_weights:
+            weight.value.grad = None
+        output = call()
+        assert output is not None and tuple(output.shape) == (3, 16, 16, 1)
+        (output * output).sum().backward()
+        gradients = [weight.value.grad.numpy() for weight in network.trainable_weights]
+        return output.detach().numpy(), gradients
+
+    direct = output_and_gradients(lambda: torch_backend.call_network(network, inputs, training))
+    keras_call = output_and_gradients(lambda: network(inputs, training=training))
+    np.testing.assert_array_equal(direct[0], keras_call[0])
+    for ours, theirs in zip(direct[1], keras_call[1]):
+        np.testing.assert_array_equal(ours, theirs)
+    plain = output_and_gradients(lambda: network(inputs, training=not training))
+    assert np.abs(plain[0] - direct[0]).max() > 1e-3  # dropout acts in training only
+
+
+@torch_only
+def test_direct_layer_calls_leave_mixed_precision_and_other_inputs_to_keras():
+    # A mixed-precision network (autocast in Layer.__call__) and inputs Keras would convert
+    # (NumPy arrays, float64) take Keras' call: `call_network` gives its output.
+    import torch
+
+    network, inputs = direct_call_case("mixed_bfloat16")
+    assert torch_backend.call_network(network, inputs, False) is None
+    np.testing.assert_array_equal(
+        backend.call_network(network, inputs).detach().float().numpy(),
+        network(inputs, training=False).detach().float().numpy(),
+    )
+    network, inputs = direct_call_case()
+    assert torch_backend.call_network(network, inputs, False) is not None
+    numpy_inputs = [x.numpy() for x in inputs]
+    assert torch_backend.call_network(network, numpy_inputs, False) is None
+    assert torch_backend.call_network(network, [inputs[0].double(), *inputs[1:]], False) is None
+    np.testing.assert_allclose(
+        backend.call_network(network, numpy_inputs).detach().numpy(),
+        torch_backend.call_network(network, inputs, False).detach().numpy(),
+        rtol=0,
+        atol=1e-6,
+    )
+    assert isinstance(backend.call_network(network, numpy_inputs), torch.Tensor)
