@@ -42,32 +42,12 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # this checkout's keras_ddpm, not another one installed in editable mode
 
+from common import importable_torchvision  # noqa: E402
 from common import run_child  # noqa: E402
 from common import write_json  # noqa: E402
 
 PARTNER_PREFIX = "partner: "
 BACKENDS = ("tensorflow", "torch", "jax")
-
-
-def importable_torchvision():
-    """Lets diffusers import where torchvision's wheel is a CUDA build beside a CPU torch: its C
-    extension cannot load, and its import stops where it registers fake kernels of two detection
-    operators; their schemas declared first let it import (tests/fid_testing.py,
-    `import_torchvision`). diffusers' UNet needs none of them."""
-    import importlib.util
-
-    import torch
-
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None:
-        return
-    try:
-        torch.ops.load_library(os.path.join(os.path.dirname(spec.origin), "_C.so"))
-    except (OSError, RuntimeError):
-        schemas = torch.library.Library("torchvision", "DEF")
-        for name in ("nms", "qnms"):
-            schemas.define(f"{name}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        importable_torchvision.schemas = schemas  # kept alive
 
 
 def diffusers_tiny_unet():

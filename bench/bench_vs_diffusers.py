@@ -48,6 +48,7 @@ import resource
 import statistics
 import time
 
+from common import importable_torchvision
 from common import run_child
 from common import write_json
 
@@ -103,6 +104,7 @@ def measure_peak(args):
 
 
 def diffusers_unet():
+    importable_torchvision()
     from diffusers import UNet2DModel
 
     from keras_ddpm.convert.diffusers import PUBLISHED_UNETS
@@ -114,6 +116,8 @@ def diffusers_unet():
 def diffusers_train_step(batch_size, device, bf16):
     """diffusers' training step on random images: returns (step, unet)."""
     import torch
+
+    importable_torchvision()
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
 

@@ -64,3 +64,25 @@ def write_json(name, args, results):
     """bench/NAME.json with the arguments beside the results."""
     with open(os.path.join(REPO, "bench", name), "w") as f:
         json.dump({"args": vars(args), "results": results}, f, indent=2)
+
+
+def importable_torchvision():
+    """Lets diffusers import where torchvision's wheel is a CUDA build beside a CPU torch (the
+    README's test command installs it so): its C extension cannot load, and its import stops
+    where it registers fake kernels of two detection operators; their schemas declared first let
+    it import (tests/fid_testing.py, `import_torchvision`). diffusers' UNet needs none of them.
+    Call it before importing diffusers."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or hasattr(importable_torchvision, "schemas"):
+        return
+    try:
+        torch.ops.load_library(os.path.join(os.path.dirname(spec.origin), "_C.so"))
+    except (OSError, RuntimeError):
+        schemas = torch.library.Library("torchvision", "DEF")
+        for name in ("nms", "qnms"):
+            schemas.define(f"{name}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        importable_torchvision.schemas = schemas  # kept alive

@@ -361,6 +361,13 @@ def main():
     help="Network target [default: epsilon].",
 )
 @click.option(
+    "--snr-gamma",
+    type=run_option_type("snr_gamma"),
+    default=RUN.snr_gamma,
+    help="Min-SNR-gamma loss weighting (Hang et al. 2023): each example's error weighted by "
+    "min(SNR, gamma) / SNR (epsilon target); 5 is the paper's; 0: off [default: the preset's].",
+)
+@click.option(
     "--schedule",
     type=run_option_type("schedule"),
     default=RUN.schedule,

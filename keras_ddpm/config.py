@@ -6,6 +6,7 @@ paper (see the docstrings of the presets below and ../shared/REFERENCE.md).
 """
 
 import dataclasses
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -199,6 +200,13 @@ class DiffusionConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     prediction: str = "epsilon"  # the network's target: epsilon, x0 or v
+    # Min-SNR-gamma loss weighting (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR
+    # Weighting Strategy"; diffusers' `--snr_gamma`): each example's squared error weighted by
+    # min(SNR(t), gamma) / SNR(t) for epsilon, min(SNR(t), gamma) for x0 and
+    # min(SNR(t), gamma) / (SNR(t) + 1) for v, SNR(t) = alpha-bar_t / (1 - alpha-bar_t): a loss in
+    # x0 terms clipped at gamma, which lowers the weight of the nearly noiseless steps. The paper
+    # uses gamma = 5. 0: DDPM's unweighted L_simple.
+    snr_gamma: float = 0.0
     class_dropout: float = 0.1  # label dropped to the null class (classifier-free guidance)
     # How the model samples unless told otherwise (`SampleRequest.resolve`): DDPM's sigma_t^2 and
     # clipping of the predicted x_0 to [-1, 1]. Imported checkpoints carry their authors' settings.
@@ -224,6 +232,10 @@ class DiffusionConfig:
                 f"prediction must be one of {PREDICTIONS}. Received: prediction={self.prediction!r}"
             )
         _check_whole("timesteps", self.timesteps, 2, MAX_TIMESTEPS)
+        if not (isinstance(self.snr_gamma, (int, float)) and 0.0 <= self.snr_gamma < math.inf):
+            raise ValueError(
+                f"snr_gamma must be a number >= 0 (0: off). Received: snr_gamma={self.snr_gamma!r}"
+            )
         if not 0.0 <= self.class_dropout < 1.0:
             raise ValueError(
                 f"class_dropout must be in [0, 1). Received: class_dropout={self.class_dropout}"
@@ -449,11 +461,11 @@ PRESETS = {
         Preset(
             name="mnist_quick",
             description=(
-                "The mnist UNet at half the width for a 1,000-step CPU run (20 minutes on 2 "
-                "cores); its samples are not yet digits (docs/training.md)."
+                "The mnist UNet at half the width on 28x28 digits with Min-SNR-5 weighting, for "
+                "a 2,500-step CPU run (about 17 minutes on 2 cores; docs/training.md)."
             ),
             unet=UNetConfig(
-                image_size=32,
+                image_size=28,
                 image_channels=1,
                 base_channels=16,
                 channel_multipliers=(1, 2, 2),
@@ -462,7 +474,7 @@ PRESETS = {
                 dropout=0.0,
                 num_groups=4,
             ),
-            diffusion=DiffusionConfig(),
+            diffusion=DiffusionConfig(snr_gamma=5.0),
             train=TrainConfig(
                 learning_rate=2e-3,
                 warmup_steps=100,
@@ -470,7 +482,7 @@ PRESETS = {
                 ema_decay=0.995,
                 ema_warmup_power=0.75,
                 grad_clip=1.0,
-                train_steps=1000,
+                train_steps=2500,
                 horizontal_flip=False,
                 lr_schedule="cosine",
             ),

@@ -13,6 +13,7 @@ from keras_ddpm.config import get_preset
 from keras_ddpm.config import preset_from_dict
 from keras_ddpm.optimizers import make_optimizer
 from keras_ddpm.schedules import NoiseSchedule
+from keras_ddpm.schedules import min_snr_weights
 from keras_ddpm.unet import build_unet
 
 
@@ -44,6 +45,12 @@ class DiffusionModel(keras.Model):
             name: ops.convert_to_tensor(getattr(self.schedule, name).astype(np.float32))
             for name in ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod")
         }
+        gamma = self.config.diffusion.snr_gamma
+        if gamma:
+            weights = min_snr_weights(
+                self.schedule.alphas_cumprod, gamma, self.config.diffusion.prediction
+            )
+            self._q_tables["loss_weight"] = ops.convert_to_tensor(weights.astype(np.float32))
         # kernel_initializer (not saved): "zeros" where every weight is set next (an imported
         # checkpoint's), skipping the random draws; see `build_unet`.
         self.network = build_unet(self.config.unet, "network", kernel_initializer)
@@ -211,7 +218,10 @@ class DiffusionModel(keras.Model):
                 self._gather("sqrt_alphas_cumprod", timesteps) * noise
                 - self._gather("sqrt_one_minus_alphas_cumprod", timesteps) * images
             )
-        return ops.mean(ops.square(output - target))
+        if "loss_weight" not in self._q_tables:
+            return ops.mean(ops.square(output - target))
+        errors = ops.mean(ops.square(output - target), axis=(1, 2, 3))
+        return ops.mean(ops.take(self._q_tables["loss_weight"], timesteps) * errors)
 
     def step_inputs(self, images, labels=None):
         """`diffusion_loss`'s arguments for a whole training step: (images as float32, t, eps,

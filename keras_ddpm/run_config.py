@@ -122,6 +122,7 @@ class RunConfig:
     ema_decay: float = _option(None, float, low=0, high=1, high_open=True)
     ema_warmup_power: float = _option(None, float, low=0)
     prediction: str = _option(None, str, choices=PREDICTIONS)
+    snr_gamma: float = _option(None, float, low=0)
     schedule: str = _option(None, str, choices=SCHEDULES)
     class_cond: bool = _option(False, bool)
     # How it computes.
@@ -218,6 +219,7 @@ class RunConfig:
             "warmup_steps": self.warmup_steps,
             "ema_decay": self.ema_decay,
             "prediction": self.prediction,
+            "snr_gamma": self.snr_gamma,
             "schedule": self.schedule,
             "train_steps": self.steps,
             "image_size": self.image_size,

@@ -79,3 +79,22 @@ class NoiseSchedule:
         if config.schedule == "cosine":
             return cls(cosine_betas(config.timesteps))
         raise ValueError(f"Unknown schedule. Received: schedule={config.schedule!r}")
+
+
+def min_snr_weights(alphas_cumprod, gamma, prediction="epsilon"):
+    """Min-SNR-gamma loss weights per timestep (Hang et al. 2023, section 3.4), float64.
+
+    With SNR(t) = alpha-bar_t / (1 - alpha-bar_t), the squared error of a target weighted so that
+    the loss is min(SNR(t), gamma) ||x_0 - x_0_hat||^2: epsilon's error is SNR(t) times x_0's,
+    and v's (v = sqrt(a) eps - sqrt(1 - a) x_0) is (SNR(t) + 1) times x_0's.
+    """
+    alphas_cumprod = np.asarray(alphas_cumprod, dtype=np.float64)
+    snr = alphas_cumprod / (1.0 - alphas_cumprod)
+    clipped = np.minimum(snr, gamma)
+    if prediction == "epsilon":
+        return clipped / snr
+    if prediction == "x0":
+        return clipped
+    if prediction == "v":
+        return clipped / (snr + 1.0)
+    raise ValueError(f"Unknown prediction. Received: prediction={prediction!r}")

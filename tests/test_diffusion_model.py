@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_ddpm import DiffusionModel
 from keras_ddpm import samplers
+from keras_ddpm.schedules import min_snr_weights
 
 
 class WeightRecorder(keras.callbacks.Callback):
@@ -57,6 +58,31 @@ def test_x0_loss_of_a_fresh_network_is_the_mean_square_of_the_images(tiny_images
     model = DiffusionModel.from_preset("tiny", prediction="x0", seed=0)
     loss = ops.convert_to_numpy(model.compute_diffusion_loss(tiny_images, training=False))
     assert loss == pytest.approx(np.mean(tiny_images**2), rel=1e-5)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_min_snr_loss_weights_each_example_by_its_timestep(prediction, tiny_images):
+    # The weighted loss is the mean over examples of w(t_i) * mean_pixels((f - target)^2), from
+    # the same draws; gamma = 0 is the plain mean.
+    images = ops.convert_to_tensor(tiny_images[:4])
+    weighted = randomize_weights(
+        DiffusionModel.from_preset("tiny", prediction=prediction, snr_gamma=5.0, seed=0)
+    )
+    plain = randomize_weights(DiffusionModel.from_preset("tiny", prediction=prediction, seed=0))
+    draws = (ops.convert_to_tensor(np.array([0, 10, 50, 99], "int32")),)
+    draws += (ops.convert_to_tensor(np.random.default_rng(2).normal(size=(4, 16, 16, 1))),)
+    draws = (draws[0], ops.cast(draws[1], "float32"))
+    errors = []
+    for i in range(4):
+        one = plain.diffusion_loss(images[i : i + 1], draws[0][i : i + 1], draws[1][i : i + 1])
+        errors.append(float(ops.convert_to_numpy(one)))
+    weights = min_snr_weights(weighted.schedule.alphas_cumprod, 5.0, prediction)[[0, 10, 50, 99]]
+    assert weights.min() < 0.99  # the tiny preset's SNR exceeds 5 at the early steps
+    loss = float(ops.convert_to_numpy(weighted.diffusion_loss(images, *draws)))
+    assert loss == pytest.approx(np.mean(weights * np.array(errors)), rel=1e-5)
+    unweighted = float(ops.convert_to_numpy(plain.diffusion_loss(images, *draws)))
+    assert unweighted == pytest.approx(np.mean(errors), rel=1e-5)
+    assert abs(loss - unweighted) > 1e-3 * unweighted
 
 
 @pytest.mark.parametrize("prediction, num_classes", [("x0", 0), ("v", 4)])

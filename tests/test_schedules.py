@@ -7,6 +7,7 @@ from keras_ddpm import DiffusionConfig
 from keras_ddpm import NoiseSchedule
 from keras_ddpm.schedules import cosine_betas
 from keras_ddpm.schedules import linear_betas
+from keras_ddpm.schedules import min_snr_weights
 
 pytestmark = pytest.mark.once  # NumPy float64 math
 
@@ -73,3 +74,25 @@ def test_schedule_is_immutable_and_validated():
         NoiseSchedule(np.array([0.1, 1.5]))
     with pytest.raises(ValueError, match="schedule"):
         DiffusionConfig(schedule="sigmoid")
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "x0", "v"])
+def test_min_snr_weights_make_every_target_a_clipped_x0_loss(prediction):
+    # Hang et al. 2023: with x_t = sqrt(a) x_0 + sqrt(1 - a) eps, an error d in x_0 is an error
+    # -sqrt(a / (1 - a)) d in eps and -d / sqrt(1 - a) in v, so weight * (target error)^2 must be
+    # min(SNR, gamma) * d^2 at every t.
+    schedule = NoiseSchedule(linear_betas(1000))
+    a = schedule.alphas_cumprod
+    snr = a / (1 - a)
+    weights = min_snr_weights(a, 5.0, prediction)
+    scale = {"epsilon": np.sqrt(snr), "x0": np.ones_like(a), "v": 1 / np.sqrt(1 - a)}[prediction]
+    np.testing.assert_allclose(weights * scale**2, np.minimum(snr, 5.0), rtol=1e-12)
+    assert snr[0] > 5.0 > snr[-1]  # both sides of the clip are exercised
+    if prediction == "epsilon":
+        t = np.argmax(snr < 5.0)
+        np.testing.assert_allclose(weights[t:], 1.0)  # noisy steps: DDPM's L_simple
+        np.testing.assert_allclose(weights[0], 5.0 * (1 - a[0]) / a[0], rtol=1e-12)
+    with pytest.raises(ValueError, match="prediction"):
+        min_snr_weights(a, 5.0, "score")
+    with pytest.raises(ValueError, match="snr_gamma"):
+        DiffusionConfig(snr_gamma=-1.0)

@@ -124,7 +124,7 @@ def resize_image(image, image_size):
     """uint8 (h, w, C) -> uint8 (size, size, C), antialiased (like PIL's resize).
 
     28x28 images going to 32x32 (MNIST in a power-of-two UNet) are zero-padded by 2 pixels
-    a side instead, as is usual.
+    a side instead, as is usual; images already of the size are kept as they are.
     """
     shape = tf.shape(image)
 
@@ -136,12 +136,12 @@ def resize_image(image, image_size):
         resized = tf.image.resize(image, size, method="bilinear", antialias=True)
         return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
-    if image_size != 32:
-        return resize()
+    if image_size == 32:
+        exact, fit = (shape[0] == 28) & (shape[1] == 28), pad
+    else:
+        exact, fit = (shape[0] == image_size) & (shape[1] == image_size), lambda: image
     # tf.cond forgets the branches' common static shape; models need it (batch, size, size, C).
-    return tf.ensure_shape(
-        tf.cond((shape[0] == 28) & (shape[1] == 28), pad, resize), [image_size, image_size, None]
-    )
+    return tf.ensure_shape(tf.cond(exact, fit, resize), [image_size, image_size, None])
 
 
 def convert_channels(image, image_channels):

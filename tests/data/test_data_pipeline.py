@@ -47,6 +47,13 @@ def test_mnist_5k_pipeline_pads_28_to_32_and_streams_every_image_once():
     np.testing.assert_array_equal(labels, expected_labels)
     np.testing.assert_allclose(to_pixels(images[:, 2:30, 2:30]), expected_images, atol=1e-4)
     assert np.all(images[:, :2] == -1.0) and np.all(images[:, :, 30:] == -1.0)  # zero padding
+    # A 28x28 model takes the digits as they are (the mnist_quick preset), as the
+    # TensorFlow-free NumPy path does.
+    native = batches(data.make_dataset("mnist_5k:test", 28, 1, 500, **stream))[0][0]
+    np.testing.assert_allclose(to_pixels(native), expected_images, atol=1e-4)
+    from keras_ddpm.data.arrays import prepare_arrays
+
+    np.testing.assert_array_equal(prepare_arrays(expected_images, 28, 1), expected_images)
     rgb = next(iter(data.make_dataset("mnist_5k", 16, 3, 8, seed=0)))
     assert rgb.shape == (8, 16, 16, 3)
     assert -1.0 <= float(np.min(rgb)) and float(np.max(rgb)) <= 1.0
