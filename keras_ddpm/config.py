@@ -462,7 +462,7 @@ PRESETS = {
             name="mnist_quick",
             description=(
                 "The mnist UNet at half the width on 28x28 digits with Min-SNR-5 weighting, for "
-                "a 2,500-step CPU run (about 17 minutes on 2 cores; docs/training.md)."
+                "a 2,500-step CPU run (about 15 minutes on 2 cores; docs/training.md)."
             ),
             unet=UNetConfig(
                 image_size=28,
