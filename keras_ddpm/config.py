@@ -232,7 +232,8 @@ class DiffusionConfig:
                 f"prediction must be one of {PREDICTIONS}. Received: prediction={self.prediction!r}"
             )
         _check_whole("timesteps", self.timesteps, 2, MAX_TIMESTEPS)
-        if not (isinstance(self.snr_gamma, (int, float)) and 0.0 <= self.snr_gamma < math.inf):
+        number = isinstance(self.snr_gamma, numbers.Real) and not isinstance(self.snr_gamma, bool)
+        if not (number and 0.0 <= self.snr_gamma < math.inf):
             raise ValueError(
                 f"snr_gamma must be a number >= 0 (0: off). Received: snr_gamma={self.snr_gamma!r}"
             )

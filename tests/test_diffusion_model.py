@@ -62,26 +62,30 @@ def test_x0_loss_of_a_fresh_network_is_the_mean_square_of_the_images(tiny_images
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v"])
 def test_min_snr_loss_weights_each_example_by_its_timestep(prediction, tiny_images):
-    # The weighted loss is the mean over examples of w(t_i) * mean_pixels((f - target)^2), from
-    # the same draws; gamma = 0 is the plain mean.
-    images = ops.convert_to_tensor(tiny_images[:4])
-    weighted = randomize_weights(
+    # The weighted loss is the mean over examples of w(t_i) * mean_pixels((f - target)^2), with
+    # the target in closed form (eps, or v = sqrt(a) eps - sqrt(1 - a) x_0) from the same draws;
+    # gamma = 0 is the plain mean.
+    model = randomize_weights(
         DiffusionModel.from_preset("tiny", prediction=prediction, snr_gamma=5.0, seed=0)
     )
-    plain = randomize_weights(DiffusionModel.from_preset("tiny", prediction=prediction, seed=0))
-    draws = (ops.convert_to_tensor(np.array([0, 10, 50, 99], "int32")),)
-    draws += (ops.convert_to_tensor(np.random.default_rng(2).normal(size=(4, 16, 16, 1))),)
-    draws = (draws[0], ops.cast(draws[1], "float32"))
-    errors = []
-    for i in range(4):
-        one = plain.diffusion_loss(images[i : i + 1], draws[0][i : i + 1], draws[1][i : i + 1])
-        errors.append(float(ops.convert_to_numpy(one)))
-    weights = min_snr_weights(weighted.schedule.alphas_cumprod, 5.0, prediction)[[0, 10, 50, 99]]
+    images = tiny_images[:4]
+    t = np.array([0, 10, 50, 99], "int32")
+    noise = np.random.default_rng(2).normal(size=(4, 16, 16, 1)).astype("float32")
+    a = model.schedule.alphas_cumprod[t][:, None, None, None]
+    x_t = np.sqrt(a) * images + np.sqrt(1 - a) * noise
+    output = ops.convert_to_numpy(model.network([x_t.astype("float32"), t]))
+    target = noise if prediction == "epsilon" else np.sqrt(a) * noise - np.sqrt(1 - a) * images
+    errors = np.mean((output - target) ** 2, axis=(1, 2, 3))
+    weights = min_snr_weights(model.schedule.alphas_cumprod, 5.0, prediction)[t]
     assert weights.min() < 0.99  # the tiny preset's SNR exceeds 5 at the early steps
-    loss = float(ops.convert_to_numpy(weighted.diffusion_loss(images, *draws)))
-    assert loss == pytest.approx(np.mean(weights * np.array(errors)), rel=1e-5)
-    unweighted = float(ops.convert_to_numpy(plain.diffusion_loss(images, *draws)))
-    assert unweighted == pytest.approx(np.mean(errors), rel=1e-5)
+    draws = [ops.convert_to_tensor(x) for x in (images, t, noise)]
+    loss = float(ops.convert_to_numpy(model.diffusion_loss(*draws)))
+    assert loss == pytest.approx(np.mean(weights * errors), rel=1e-4)
+    plain = DiffusionModel.from_preset("tiny", prediction=prediction, seed=0)
+    for weight, value in zip(plain.network.weights, model.network.weights):
+        weight.assign(value)
+    unweighted = float(ops.convert_to_numpy(plain.diffusion_loss(*draws)))
+    assert unweighted == pytest.approx(np.mean(errors), rel=1e-4)
     assert abs(loss - unweighted) > 1e-3 * unweighted
 
 

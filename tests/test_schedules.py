@@ -94,5 +94,6 @@ def test_min_snr_weights_make_every_target_a_clipped_x0_loss(prediction):
         np.testing.assert_allclose(weights[0], 5.0 * (1 - a[0]) / a[0], rtol=1e-12)
     with pytest.raises(ValueError, match="prediction"):
         min_snr_weights(a, 5.0, "score")
-    with pytest.raises(ValueError, match="snr_gamma"):
-        DiffusionConfig(snr_gamma=-1.0)
+    for wrong in (-1.0, math.inf, True, "5"):
+        with pytest.raises(ValueError, match="snr_gamma"):
+            DiffusionConfig(snr_gamma=wrong)
