@@ -38,10 +38,11 @@ class DiffusionModel(keras.Model):
         self.seed = seed
         self._recorded_steps = trained_steps
         self.schedule = NoiseSchedule.from_config(self.config.diffusion)
-        # q_sample's coefficient tables as float32 tensors, made once and outside any trace (a
-        # traced step captures them): converting the NumPy table at every step was a copy from
-        # host memory on PyTorch, which a CUDA-graph capture of the step cannot record.
-        self._q_tables = {
+        # The per-timestep tables of the loss (q_sample's coefficients, Min-SNR's weights) as
+        # float32 tensors, made once and outside any trace (a traced step captures them):
+        # converting a NumPy table at every step was a copy from host memory on PyTorch, which a
+        # CUDA-graph capture of the step cannot record.
+        self._tables = {
             name: ops.convert_to_tensor(getattr(self.schedule, name).astype(np.float32))
             for name in ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod")
         }
@@ -50,7 +51,7 @@ class DiffusionModel(keras.Model):
             weights = min_snr_weights(
                 self.schedule.alphas_cumprod, gamma, self.config.diffusion.prediction
             )
-            self._q_tables["loss_weight"] = ops.convert_to_tensor(weights.astype(np.float32))
+            self._tables["loss_weight"] = ops.convert_to_tensor(weights.astype(np.float32))
         # kernel_initializer (not saved): "zeros" where every weight is set next (an imported
         # checkpoint's), skipping the random draws; see `build_unet`.
         self.network = build_unet(self.config.unet, "network", kernel_initializer)
@@ -145,7 +146,7 @@ class DiffusionModel(keras.Model):
     def _gather(self, name, timesteps):
         """The schedule's coefficient `name` at t for each example, shaped to broadcast over
         (N, H, W, C)."""
-        return ops.take(self._q_tables[name], timesteps)[:, None, None, None]
+        return ops.take(self._tables[name], timesteps)[:, None, None, None]
 
     def q_sample(self, x_start, timesteps, noise):
         """x_t ~ q(x_t | x_0), DDPM eq. 4: sqrt(a_t) x_0 + sqrt(1 - a_t) eps."""
@@ -218,10 +219,10 @@ class DiffusionModel(keras.Model):
                 self._gather("sqrt_alphas_cumprod", timesteps) * noise
                 - self._gather("sqrt_one_minus_alphas_cumprod", timesteps) * images
             )
-        if "loss_weight" not in self._q_tables:
-            return ops.mean(ops.square(output - target))
-        errors = ops.mean(ops.square(output - target), axis=(1, 2, 3))
-        return ops.mean(ops.take(self._q_tables["loss_weight"], timesteps) * errors)
+        squared = ops.square(output - target)
+        if "loss_weight" in self._tables:  # Min-SNR: w(t) per example (every example the same size)
+            squared = self._gather("loss_weight", timesteps) * squared
+        return ops.mean(squared)
 
     def step_inputs(self, images, labels=None):
         """`diffusion_loss`'s arguments for a whole training step: (images as float32, t, eps,
