@@ -518,6 +518,7 @@ def main():
 @user_errors(check=preflight.check_train)
 def train(**options):
     """Train a model (checkpointed, resumable) and save it to OUT/model.keras."""
+    from keras_ddpm import backend
     from keras_ddpm import training
     from keras_ddpm.backend import WorkerLostError
     from keras_ddpm.callbacks import NonFiniteLossError
@@ -528,8 +529,11 @@ def train(**options):
     config = RunConfig(**options)
     try:
         result = training.run(config, explicit=given, echo=click.echo)
-    except (RunInUseError, WorkerLostError) as error:
+    except RunInUseError as error:
         raise click.ClickException(str(error)) from None
+    except WorkerLostError as error:
+        click.echo(f"Error: {error}", err=True)
+        backend.exit_after_lost_worker(1)
     except NonFiniteLossError as error:
         raise click.ClickException(
             f"{error} Lower --lr or check the data, then --resume."

@@ -1,5 +1,6 @@
 """`DiffusionModel`: the UNet, its EMA copy, the noise schedule, the loss and `generate()`."""
 
+import contextvars
 import os
 
 import keras
@@ -15,6 +16,11 @@ from keras_ddpm.optimizers import make_optimizer
 from keras_ddpm.schedules import NoiseSchedule
 from keras_ddpm.schedules import min_snr_weights
 from keras_ddpm.unet import build_unet
+
+# True while `load_model` builds a model whose every weight the file sets next: its kernels start
+# as zeros, not as random draws (on JAX each new shape's draw is a program to compile, most of the
+# time a load took).
+_WEIGHTS_FROM_FILE = contextvars.ContextVar("weights_from_file", default=False)
 
 
 @keras.saving.register_keras_serializable(package="keras_ddpm")
@@ -69,10 +75,21 @@ class DiffusionModel(keras.Model):
         """Builds the named preset, with any config field overridden by name (`num_classes=10`)."""
         return cls(get_preset(name).replace(**overrides), seed=seed)
 
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        if _WEIGHTS_FROM_FILE.get():
+            config = {**config, "kernel_initializer": "zeros"}
+        return super().from_config(config, custom_objects=custom_objects)
+
     def for_inference(self):
         """An uncompiled copy with the same trained and EMA weights and no optimizer state: what
         ships (about half a checkpoint's size: Adam's two moments are left out)."""
-        copy = type(self)(self.config, seed=self.seed, trained_steps=self.trained_steps)
+        copy = type(self)(
+            self.config,
+            seed=self.seed,
+            kernel_initializer="zeros",  # every weight is set next
+            trained_steps=self.trained_steps,
+        )
         copy.network.set_weights(self.network.get_weights())
         copy.ema_network.set_weights(self.ema_network.get_weights())
         return copy
@@ -526,7 +543,11 @@ def load_model(path):
     damage = find_damage(path)
     if damage:
         raise ValueError(f"{path} is not a complete .keras file: {damage}.")
-    model = keras.saving.load_model(path, safe_mode=True)
+    token = _WEIGHTS_FROM_FILE.set(True)
+    try:
+        model = keras.saving.load_model(path, safe_mode=True)
+    finally:
+        _WEIGHTS_FROM_FILE.reset(token)
     if not isinstance(model, DiffusionModel):
         raise ValueError(
             f"{path} holds a Keras {type(model).__name__}, not a keras_ddpm DiffusionModel; "

@@ -30,6 +30,13 @@ from keras_ddpm.backend import child_environment  # noqa: E402
 
 backend.configure_xla_cpu()  # before any JAX computation, as the CLI and the app do
 
+if keras.backend.backend() == "tensorflow":
+    import tensorflow as tf
+
+    # Likewise TensorFlow's graph optimiser (Grappler) rewrites each new traced function before
+    # its first run: seconds for a train step, which the tests' tiny steps never win back.
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKENDS = ("tensorflow", "torch", "jax")
 

@@ -221,7 +221,7 @@ def test_a_lost_worker_stops_the_other_with_its_name(tmp_path):
     finally:
         stop(processes)
     log = read_log(tmp_path, 0)
-    assert code != 0, log[-3000:]
+    assert code == 1, log[-3000:]  # its own exit, not JAX's abort at a shutdown barrier
     errors = [line for line in log.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "Traceback" not in log, log[-3000:]
     assert re.search(r"[Ll]ost worker.* 1\b", errors[0]), errors[0]

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import importlib
 import os
+import sys
 
 import keras
 
@@ -267,6 +268,18 @@ def lost_workers_reported():
         if message is None:
             raise
         raise WorkerLostError(message) from None
+
+
+def exit_after_lost_worker(code=1):
+    """Ends this process once its `WorkerLostError` is reported, without meeting the lost worker
+    again at exit: JAX's exit handler waits for every process in a shutdown barrier (for
+    KERAS_DDPM_WORKER_TIMEOUT), then aborts this one with a stack dump."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    leave = _own("exit_without_shutdown")
+    if leave is not None:
+        leave(code)
+    sys.exit(code)
 
 
 def lost_worker_sentence(lost, count, timeout, reason):

@@ -112,6 +112,12 @@ def lost_worker_message(error):
     return lost_worker_sentence(lost, jax.process_count(), 0, reason)
 
 
+def exit_without_shutdown(code):
+    """`os._exit`: `jax.distributed.shutdown`, registered to run at exit, would wait for the lost
+    worker in its barrier. Files are closed by then (the run's `finally` blocks ran)."""
+    os._exit(code)
+
+
 def worker():
     from keras_ddpm.backend import Worker
 

