@@ -99,10 +99,13 @@ def launched_worker():
 
 def lost_worker_message(error):
     """The sentence for a cross-process collective that failed (gloo's broken connection, the
-    coordination service's missed heartbeats), or None."""
+    coordination service's missed heartbeats), or None. A step's collective raises
+    `JaxRuntimeError`; the all-gather with which `jax.device_put` checks that every process
+    placed the same batch, before the first step, raises it as a `ValueError`."""
     text = str(error)
     signs = ("Gloo", "gloo", "peer", "heartbeat", "UNAVAILABLE", "DEADLINE_EXCEEDED")
-    if not isinstance(error, jax.errors.JaxRuntimeError) or not any(s in text for s in signs):
+    kinds = (jax.errors.JaxRuntimeError, ValueError)
+    if not isinstance(error, kinds) or not any(s in text for s in signs):
         return None
     from keras_ddpm.backend import lost_worker_sentence
 

@@ -6,6 +6,7 @@ import os
 import keras
 import numpy as np
 import pytest
+from conftest import compile_for_numbers
 from data_testing import batches
 from data_testing import ramp_image
 from data_testing import to_pixels
@@ -135,8 +136,7 @@ def test_dataset_is_fit_input_for_the_tiny_model():
     dataset = data.make_dataset(
         "mnist_5k", 16, 1, 4, with_labels=True, seed=0, prefetch_to_device=device
     )
-    model = DiffusionModel.from_preset("tiny", seed=0, num_classes=10)
-    model.compile()
+    model = compile_for_numbers(DiffusionModel.from_preset("tiny", seed=0, num_classes=10))
     history = model.fit(dataset, epochs=1, steps_per_epoch=2, shuffle=False, verbose=0)
     assert np.isfinite(history.history["loss"][-1])
 
