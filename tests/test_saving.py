@@ -46,6 +46,26 @@ def test_keras_round_trip_keeps_everything(tmp_path, tiny_images):
     assert int(loaded.optimizer.iterations) == 2
 
 
+@pytest.mark.once
+def test_only_load_model_skips_the_random_initialisation(tmp_path, monkeypatch):
+    # Every weight of a loaded model comes from its file, so `load_model` builds the networks
+    # without drawing random kernels (on JAX a compiled program a kernel shape); `from_config`
+    # elsewhere (keras.models.clone_model, say) still draws them.
+    model = DiffusionModel.from_preset("tiny", seed=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+
+    def no_draws(*args, **kwargs):
+        raise AssertionError("a random kernel was drawn")
+
+    monkeypatch.setattr(keras.initializers.GlorotUniform, "__call__", no_draws)
+    loaded = load_model(path)
+    for a, b in zip(weights_of(loaded.ema_network), weights_of(model.ema_network)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(AssertionError, match="a random kernel was drawn"):
+        DiffusionModel.from_config(model.get_config())
+
+
 CHECK = """
 import json, numpy as np
 import keras_ddpm
