@@ -175,3 +175,19 @@ def test_packed_state_crosses_the_host_boundary_as_few_arrays(single_steps, monk
     # Keras numbers the short group's end as a whole one's (batch 6, as on TensorFlow).
     np.testing.assert_allclose(recorder.losses[6], reference.losses[5], rtol=1e-5)
     assert_same(state_of(model), reference.states[5])
+
+
+def test_a_failed_gloo_collective_is_a_lost_worker_in_a_step_or_before_the_first():
+    # A step's all-reduce raises JaxRuntimeError; the all-gather with which `jax.device_put`
+    # checks the first batch raises ValueError (tests/test_multi_worker.py loses a worker there).
+    from keras_ddpm.backend import jax as backend_jax
+
+    reset = "Read error [127.0.0.1]:5015: Connection reset by peer"
+    for error in (
+        jax.errors.JaxRuntimeError(f"UNKNOWN: Gloo all-reduce failed: {reset}"),
+        ValueError(f"UNKNOWN: Gloo AllGather failed: {reset}"),
+    ):
+        message = backend_jax.lost_worker_message(error)
+        assert message.startswith("Lost worker") and message.endswith(f"{reset}).")
+    assert backend_jax.lost_worker_message(ValueError("The batch size 7 does not split")) is None
+    assert backend_jax.lost_worker_message(RuntimeError(f"Gloo {reset}")) is None
