@@ -73,7 +73,7 @@ def main():
                     run_child(script, ["--child", "--way", way, *base], backend, f"{backend} {way}")
                     for _ in range(args.repeats)
                 ]
-                row[way] = min(t["seconds"] for t in times if t) if all(times) else None
+                row[way] = min(t["seconds"] for t in times) if all(times) else None
             results[backend] = row
     print(f"{'backend':<12}{'random kernels first':>22}{'keras_ddpm':>12}{'ratio':>8}")
     for backend, row in results.items():
